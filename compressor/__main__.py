@@ -1,0 +1,149 @@
+"""Command line: `python -m compressor --teacher T.pth --ratio 0.1`, `... demo`, `... --resume RUN_DIR`.
+
+Every user mistake ends as one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from compressor.config import GeneratorConfig, MethodSettings, RunConfig, TeacherConfig, preset_overrides
+from compressor.errors import CompressorError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m compressor",
+        description="Data-free compression of an image classifier into a student of a given parameter ratio.",
+        epilog="Also: 'python -m compressor demo [--out DIR]' runs the whole pipeline on bundled digits.",
+    )
+    p.add_argument("--teacher", help="teacher checkpoint: a state dict or a TorchScript archive")
+    p.add_argument("--ratio", type=float, help="student parameters / teacher parameters, in (0, 1)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--out", help="run folder (default runs/<teacher>-r<ratio>-<method>)")
+    p.add_argument("--arch", help="teacher architecture name, or package.module:factory (default: inferred)")
+    p.add_argument("--dataset", help="evaluation data: cifar10, cifar100, digits, an image folder or an .npz")
+    p.add_argument("--data-dir", help="where cifar10/cifar100 live (torchvision layout)")
+    p.add_argument("--download", action="store_true", default=None, help="allow torchvision to download CIFAR")
+    p.add_argument("--steps", type=int, help="iterations: one generator update and its k_s student updates each")
+    p.add_argument("--method", choices=["default", "dfad"])
+    p.add_argument("--student", choices=["resnet", "mobilenet"], help="student family")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="student learning rate")
+    p.add_argument("--generator-lr", type=float)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--select-on", choices=["synthetic", "val"], help="model selection criterion (default synthetic: data-free)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--preset", choices=["default", "seed", "paper"])
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--mean", type=_floats, help="per-channel input mean, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=_floats, help="per-channel input std")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    if args.teacher is None or args.ratio is None:
+        raise CompressorError("--teacher and --ratio are required (or --resume RUN_DIR, or the 'demo' command)")
+    preset = args.preset or "default"
+    method_name = args.method or ("dfad" if preset == "seed" else "default")
+    out = args.out or f"runs/{Path(args.teacher).stem}-r{args.ratio:g}-{method_name}"
+    if (Path(out) / "checkpoints" / "last.pt").exists():
+        raise CompressorError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
+    fields: dict = {"preset": preset, **preset_overrides(preset)}
+    fields["out_dir"] = out
+    fields["teacher"] = TeacherConfig(path=args.teacher, arch=args.arch, input_size=args.input_size, mean=args.mean, std=args.std)
+    fields["student"] = {"ratio": args.ratio, **({"family": args.student} if args.student else {})}
+    method = fields.get("method", MethodSettings())
+    fields["method"] = method.model_copy(update={"name": method_name})
+    fields["eval"] = {
+        k: v
+        for k, v in {"dataset": args.dataset, "data_dir": args.data_dir, "download": args.download,
+                     "eval_every": args.eval_every, "select_on": args.select_on}.items()
+        if v is not None
+    }
+    for flag, key in (("steps", "steps"), ("batch_size", "batch_size"), ("seed", "seed"), ("device", "device")):
+        if getattr(args, flag) is not None:
+            fields[key] = getattr(args, flag)
+    cfg = RunConfig(**fields)
+    if args.lr is not None:
+        cfg.student_optim = cfg.student_optim.model_copy(update={"lr": args.lr})
+    if args.generator_lr is not None:
+        cfg.generator_optim = cfg.generator_optim.model_copy(update={"lr": args.generator_lr})
+    if args.no_onnx:
+        cfg.export_onnx = False
+    return RunConfig.model_validate(cfg.model_dump())
+
+
+def load_resume_config(run_dir: str) -> RunConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file() or not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+        raise CompressorError(f"{run_dir} is not a resumable run folder (needs config.json and checkpoints/last.pt)")
+    return RunConfig.model_validate_json(path.read_text())
+
+
+def summary(report: dict) -> str:
+    s, t = report["student"], report["teacher"]
+    acc = s["accuracy"]["full"]
+    acc_text = "accuracy not measured (no --dataset)" if acc is None else (
+        f"student top-1 {100 * acc:.2f} % vs teacher {100 * t['accuracy']['full']:.2f} %")
+    return (
+        f"done in {report['wall_seconds']:.0f} s: {s['params']:,} / {t['params']:,} params "
+        f"({100 * report['ratio']:.2f} %), {acc_text}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from compressor.distill import Interrupted, run
+
+    try:
+        if argv[:1] == ["demo"]:
+            from compressor.demo import DEMO_STEPS, run_demo
+
+            dp = argparse.ArgumentParser(prog="python -m compressor demo", description="the embedded digits demo")
+            dp.add_argument("--out", default="runs/demo")
+            dp.add_argument("--steps", type=int, default=DEMO_STEPS)
+            dp.add_argument("--quiet", action="store_true")
+            dargs = dp.parse_args(argv[1:])
+            result = run_demo(Path(dargs.out), steps=dargs.steps, quiet=dargs.quiet)
+        else:
+            args = build_parser().parse_args(argv)
+            if args.resume:
+                cfg = load_resume_config(args.resume)
+                result = run(cfg, resume=True, quiet=args.quiet)
+            else:
+                result = run(config_from_args(args), quiet=args.quiet)
+    except CompressorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        print(f"error: invalid setting {where}: {first['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary(result.report))
+    print(f"report: {result.run_dir / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Every setting of a run, as pydantic models with defaults that work.
+
+The CLI maps flags onto these; each run writes its resolved `RunConfig` to
+`config.json`, which is all `--resume` needs to continue exactly.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from compressor.errors import CompressorError
+
+MethodName = Literal["default", "dfad"]
+PresetName = Literal["default", "seed", "paper"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adam"]
+    lr: float = Field(gt=0)
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class MethodSettings(Strict):
+    """Weights of each term; `dfad` uses none of them (it is the plain min-max on L1)."""
+
+    name: MethodName = "default"
+    bn_weight: float = Field(1.0, ge=0)
+    adversarial_weight: float = Field(0.5, ge=0)
+    balance_weight: float = Field(1.0, ge=0)
+    one_hot_weight: float = Field(0.5, ge=0)
+    adversarial_on_agreement: bool = True
+    temperature: float = Field(4.0, gt=0)
+    replay_size: int = Field(4096, ge=0)
+    replay_fraction: float = Field(0.5, ge=0, lt=1)
+    augment: bool = True
+    flip: bool = True
+
+
+class TeacherConfig(Strict):
+    path: str
+    arch: str | None = None  # None: inferred from the checkpoint and written back here
+    sha256: str | None = None
+    num_classes: int | None = None
+    in_channels: int | None = None
+    input_size: int | None = Field(None, gt=0)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    class_names: list[str] | None = None
+
+
+class StudentConfig(Strict):
+    family: Literal["resnet", "mobilenet"] = "resnet"
+    ratio: float = 0.1
+    arch: str | None = None  # resolved by the budget search
+    spec: dict | None = None
+    params: int | None = None
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_in_range(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError(f"ratio must be in (0, 1), got {v}")
+        return v
+
+
+class GeneratorConfig(Strict):
+    noise_dim: int = Field(100, gt=0)
+    width: int = Field(64, gt=0)
+
+
+class EvalConfig(Strict):
+    dataset: str | None = None  # cifar10 | cifar100 | digits | an image folder | a .npz file
+    data_dir: str | None = None
+    download: bool = False
+    eval_every: int = Field(50, gt=0)
+    select_on: str = "synthetic"  # or "val": a seeded subset of the dataset's train split
+    heldout_per_eval: int = Field(128, gt=0)
+    heldout_max: int = Field(2048, gt=0)
+
+
+class RunConfig(Strict):
+    out_dir: str
+    preset: PresetName = "default"
+    teacher: TeacherConfig
+    student: StudentConfig = StudentConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    method: MethodSettings = MethodSettings()
+    eval: EvalConfig = EvalConfig()
+    student_optim: OptimizerConfig = OptimizerConfig(name="sgd", lr=0.1, weight_decay=5e-4)
+    generator_optim: OptimizerConfig = OptimizerConfig(name="adam", lr=1e-3, betas=(0.5, 0.999), schedule="constant")
+    steps: int = Field(400, gt=0)
+    batch_size: int = Field(128, gt=1)
+    student_steps: int = Field(5, gt=0)  # k_s: student updates per generator update
+    generator_steps: int = Field(1, gt=0)  # k_g
+    grad_clip: float | None = Field(5.0, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # bf16 autocast, on CUDA only
+    export_onnx: bool = True
+
+
+def preset_overrides(preset: PresetName) -> dict:
+    """What a preset changes from the defaults above; explicit flags win over it."""
+    if preset == "seed":
+        # The seed project's DFAD: Adam 1e-4 for the student, 0.7x that for the generator, batch 128, noise 100.
+        return {
+            "method": MethodSettings(name="dfad"),
+            "student_optim": OptimizerConfig(name="adam", lr=1e-4, schedule="constant"),
+            "generator_optim": OptimizerConfig(name="adam", lr=7e-5, schedule="constant"),
+            "batch_size": 128,
+            "student_steps": 5,
+            "generator_steps": 1,
+            "generator": GeneratorConfig(noise_dim=100),
+        }
+    if preset == "paper":
+        # GPU schedule of the size the published CIFAR tables use.
+        return {"steps": 8000, "batch_size": 256, "student_optim": OptimizerConfig(name="sgd", lr=0.1, weight_decay=5e-4)}
+    if preset == "default":
+        return {}
+    raise CompressorError(f"unknown preset {preset!r}")

@@ -1,0 +1,473 @@
+"""THE loop: data-free distillation of a teacher into a budgeted student.
+
+Read top to bottom: set-up (teacher, student, generator, method, optimisers,
+resume), one `for step` loop (generator update, k_s student updates,
+evaluation, selection, checkpoint), then the final evaluation, ONNX export
+and report. Methods only say what is minimised (compressor.methods); every
+other decision lives here.
+
+Written so that DDP can be added without restructuring: each rank draws its
+own noise from `seed + rank`, only the student and generator train, and only
+rank 0 writes files.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from compressor.config import OptimizerConfig, RunConfig
+from compressor.data import PRESETS, IMAGENET_MEAN, IMAGENET_STD, LabelledData, load_dataset, reported_split_indices, stratified_subset
+from compressor.errors import CompressorError
+from compressor.evaluate import confusion_matrix, evaluate_splits, normalise, predict_logits, teacher_agreement
+from compressor.generator import Generator
+from compressor.methods import SynthBatch, create_method
+from compressor.model_stats import count_macs, count_params
+from compressor.models import get_entry, list_models as get_registered_names
+from compressor.students import StudentPlan, plan_student
+from compressor.teachers import LoadedTeacher, load_teacher
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training: a checkpoint was written and the run can be resumed."""
+
+    def __init__(self, step: int, run_dir: Path) -> None:
+        super().__init__(f"interrupted at step {step}; continue with: python -m compressor --resume {run_dir}")
+        self.step = step
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    report: dict
+    finished: bool = True
+    history: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- set-up helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CompressorError("--device cuda was asked for, but no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_teacher(cfg: RunConfig) -> LoadedTeacher:
+    """Load the teacher and write what was inferred (arch, classes, input) back into the config."""
+    teacher = load_teacher(cfg.teacher.path, cfg.teacher.arch)
+    t = cfg.teacher
+    if t.sha256 and t.sha256 != teacher.sha256:
+        raise CompressorError(f"teacher {t.path} changed since this run started (sha256 differs); cannot resume")
+    preset = PRESETS.get(cfg.eval.dataset or "")
+    if preset is None and teacher.arch == "small_cnn":
+        preset = PRESETS["digits"]
+    imagenet_like = teacher.arch in get_registered_names() and get_entry(teacher.arch).family == "torchvision"
+    default_size = preset.input_size if preset else (224 if imagenet_like else 32)
+    default_mean = preset.mean if preset else (IMAGENET_MEAN if imagenet_like else PRESETS["cifar10"].mean)
+    default_std = preset.std if preset else (IMAGENET_STD if imagenet_like else PRESETS["cifar10"].std)
+    t.arch = teacher.arch
+    t.sha256 = teacher.sha256
+    t.num_classes = teacher.num_classes
+    t.in_channels = teacher.in_channels
+    t.input_size = t.input_size or default_size
+    t.mean = _per_channel(t.mean or default_mean, teacher.in_channels, "mean")
+    t.std = _per_channel(t.std or default_std, teacher.in_channels, "std")
+    return teacher
+
+
+def _per_channel(values: tuple[float, ...], channels: int, what: str) -> tuple[float, ...]:
+    if len(values) == channels:
+        return tuple(values)
+    if len(values) == 1:
+        return tuple(values) * channels
+    if channels == 1:
+        return (sum(values) / len(values),)
+    raise CompressorError(f"--{what} has {len(values)} values but the teacher takes {channels} channels")
+
+
+def resolve_student(cfg: RunConfig, teacher: LoadedTeacher) -> tuple[nn.Module, StudentPlan]:
+    s, t = cfg.student, cfg.teacher
+    plan = plan_student(s.family, s.ratio, count_params(teacher.model), t.num_classes, t.in_channels, t.input_size)
+    s.arch, s.spec, s.params = plan.arch, plan.spec, plan.params
+    return plan.build(t.num_classes, t.in_channels), plan
+
+
+def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def make_schedule(opt: torch.optim.Optimizer, cfg: OptimizerConfig, steps: int):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=cfg.lr * 1e-3)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def load_eval_data(cfg: RunConfig) -> LabelledData | None:
+    if not cfg.eval.dataset:
+        return None
+    t = cfg.teacher
+    data = load_dataset(cfg.eval.dataset, cfg.eval.data_dir, cfg.eval.download, t.input_size, t.in_channels)
+    n_classes = len(data.class_names)
+    if n_classes != t.num_classes:
+        raise CompressorError(f"dataset {cfg.eval.dataset} has {n_classes} classes but the teacher predicts {t.num_classes}")
+    t.class_names = t.class_names or data.class_names
+    return data
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically, so a crash mid-save never leaves a truncated checkpoint behind."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(path: Path, after_step: int) -> None:
+    """On resume, drop records past the checkpoint so the log reads as one uninterrupted run."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= after_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None, quiet: bool = False) -> RunResult:
+    """Distill, evaluate, export and report. `stop_at_step` checkpoints and returns early (resume continues)."""
+    started = time.time()
+    rank = int(os.environ.get("RANK", "0"))
+    is_main = rank == 0
+    run_dir = Path(cfg.out_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ".write_test").touch()
+        (run_dir / ".write_test").unlink()
+    except OSError as exc:
+        raise CompressorError(f"cannot write to output folder {run_dir}: {exc.strerror or exc}") from None
+    device = resolve_device(cfg.device)
+    use_amp = cfg.amp and device.type == "cuda"
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+
+    # Teacher, evaluation data, student, generator, method.
+    teacher_info = resolve_teacher(cfg)
+    data = load_eval_data(cfg)
+    student, plan = resolve_student(cfg, teacher_info)
+    t = cfg.teacher
+    t.class_names = t.class_names or [str(i) for i in range(t.num_classes)]
+    input_shape = (t.in_channels, t.input_size, t.input_size)
+    teacher = teacher_info.model.to(device).eval()
+    student = student.to(device)
+    generator = Generator(cfg.generator.noise_dim, t.in_channels, t.input_size, t.mean, t.std, cfg.generator.width).to(device)
+    if device.type == "cuda":
+        for m in (teacher, student, generator):
+            m.to(memory_format=torch.channels_last)
+    method = create_method(cfg.method.name, teacher, student, generator, cfg.method)
+    if cfg.method.name == "default" and len(getattr(method, "bn_stats", [])) == 0:
+        tqdm.write("warning: the teacher has no BatchNorm layers, so the batch-norm statistics term is off; "
+                   "expect a weaker student (the adversarial, balance and one-hot terms remain)")
+    teacher_params, student_params = count_params(teacher), plan.params
+    if is_main and not quiet:
+        print(
+            f"teacher {t.arch}: {teacher_params:,} params, {count_macs(teacher, input_shape) / 1e6:.1f} M MACs | "
+            f"student {cfg.student.family} {plan.spec}: {student_params:,} params "
+            f"({100 * student_params / teacher_params:.2f} % of the teacher, budget {plan.budget:,}), "
+            f"{count_macs(student, input_shape) / 1e6:.1f} M MACs | {cfg.method.name} on {device}"
+        )
+
+    opt_s = make_optimizer(student.parameters(), cfg.student_optim)
+    opt_g = make_optimizer(generator.parameters(), cfg.generator_optim)
+    sched_s = make_schedule(opt_s, cfg.student_optim, cfg.steps)
+    sched_g = make_schedule(opt_g, cfg.generator_optim, cfg.steps)
+
+    # Selection data: a held-out pool of synthetic images (data-free) or an explicit validation split.
+    split_indices = reported_split_indices(data.test.labels) if data else {}
+    val_images = val_labels = None
+    if cfg.eval.select_on == "val":
+        if data is None or data.train is None:
+            raise CompressorError("--select-on val needs a dataset with a train split to hold a validation subset out of")
+        idx = stratified_subset(data.train.labels, min(1.0, 1000 / len(data.train.labels)), seed=1)
+        val_images, val_labels = normalise(data.train.images[idx], t.mean, t.std), data.train.labels[idx]
+    elif cfg.eval.select_on != "synthetic":
+        raise CompressorError(f"--select-on must be 'synthetic' or 'val', not {cfg.eval.select_on!r}")
+    heldout_rng = torch.Generator(device="cpu").manual_seed(cfg.seed + 10_000)
+    heldout_images = torch.empty(0, *input_shape)
+    heldout_labels = torch.empty(0, dtype=torch.long)
+    best_state: dict | None = None
+    best_score, best_step = -1.0, 0
+    history: list[dict] = []
+    start_step = 0
+    torch.manual_seed(cfg.seed + rank)
+
+    if resume:
+        ckpt = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
+        student.load_state_dict(ckpt["student"])
+        generator.load_state_dict(ckpt["generator"])
+        opt_s.load_state_dict(ckpt["opt_s"])
+        opt_g.load_state_dict(ckpt["opt_g"])
+        sched_s.load_state_dict(ckpt["sched_s"])
+        sched_g.load_state_dict(ckpt["sched_g"])
+        method.load_state_dict(ckpt["method"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu())
+        heldout_rng.set_state(ckpt["rng"]["heldout"].cpu())
+        sel = ckpt["selection"]
+        heldout_images, heldout_labels = sel["heldout_images"].cpu(), sel["heldout_labels"].cpu()
+        best_state, best_score, best_step = sel["best_state"], float(sel["best_score"]), int(sel["best_step"])
+        history = json.loads(ckpt["history"])
+        start_step = int(ckpt["step"])
+        truncate_metrics(run_dir / "metrics.jsonl", start_step)
+    elif is_main:
+        (run_dir / "metrics.jsonl").write_text("")
+    if is_main:
+        (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+
+    teacher_acc: dict = {}
+    if data is not None:
+        t_top1, t_top5, _ = evaluate_splits(teacher, data.test, split_indices, t.mean, t.std, device)
+        teacher_acc = {"top1": t_top1, "top5": t_top5}
+
+    def checkpoint_state(step: int) -> dict:
+        return {
+            "step": step,
+            "student": student.state_dict(),
+            "generator": generator.state_dict(),
+            "opt_s": opt_s.state_dict(),
+            "opt_g": opt_g.state_dict(),
+            "sched_s": sched_s.state_dict(),
+            "sched_g": sched_g.state_dict(),
+            "method": method.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                "heldout": heldout_rng.get_state(),
+            },
+            "selection": {
+                "heldout_images": heldout_images,
+                "heldout_labels": heldout_labels,
+                "best_state": best_state,
+                "best_score": best_score,
+                "best_step": best_step,
+            },
+            "history": json.dumps(history),
+        }
+
+    def noise() -> torch.Tensor:
+        return torch.randn(cfg.batch_size, cfg.generator.noise_dim, device=device)
+
+    # ------------------------------------------------------------ the loop
+    bar = tqdm(total=cfg.steps, initial=start_step, disable=quiet or not is_main, dynamic_ncols=True, desc="distill")
+    last_eval_acc: float | None = None
+    first_diversity: float | None = None
+    step = start_step
+    synth_time = 0.0
+    try:
+        for step in range(start_step, cfg.steps):
+            if stop_at_step is not None and step >= stop_at_step:
+                break
+            logs: dict[str, float] = {}
+            tic = time.time()
+
+            # 1. Generator: k_g updates towards what the method wants synthesised.
+            student.requires_grad_(False)
+            generator.train()
+            for _ in range(cfg.generator_steps):
+                z = noise()
+                with amp():
+                    loss_g, logs_g = method.generator_loss(SynthBatch(z, generator(z)))
+                opt_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(generator.parameters(), cfg.grad_clip)
+                opt_g.step()
+                logs.update(logs_g)
+            student.requires_grad_(True)
+
+            # 2. Student: k_s updates on detached synthetic batches.
+            student.train()
+            for _ in range(cfg.student_steps):
+                z = noise()
+                with torch.no_grad(), amp():
+                    images = generator(z)
+                with amp():
+                    loss_s, logs_s = method.student_loss(SynthBatch(z, images.detach()))
+                opt_s.zero_grad(set_to_none=True)
+                loss_s.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+                opt_s.step()
+                logs.update(logs_s)
+            sched_s.step()
+            sched_g.step()
+            synth_time += time.time() - tic
+
+            done = step + 1
+            record = {"step": done, **{k: round(v, 6) for k, v in logs.items()}, "lr": sched_s.get_last_lr()[0]}
+            if "diversity" in logs:  # collapse: every image alike; say so instead of silently training on it
+                first_diversity = first_diversity or logs["diversity"]
+                if logs["diversity"] < 0.02 * first_diversity:
+                    tqdm.write(f"warning: generator collapse suspected at step {done} (batch diversity {logs['diversity']:.4f})")
+
+            # 3. Evaluation, selection and checkpoint, every eval_every steps and at the end.
+            if done % cfg.eval.eval_every == 0 or done == cfg.steps:
+                if cfg.eval.select_on == "val":
+                    preds = predict_logits(student, val_images, device).argmax(1)
+                    score = (preds == val_labels).float().mean().item()
+                    best_wins = best_state is None or score >= best_score
+                else:
+                    generator.eval()
+                    with torch.no_grad():
+                        z = torch.randn(cfg.eval.heldout_per_eval, cfg.generator.noise_dim, generator=heldout_rng).to(device)
+                        new_images = generator(z).float().cpu()
+                    generator.train()
+                    new_labels = predict_logits(teacher, new_images, device).argmax(1)
+                    heldout_images = torch.cat([heldout_images, new_images])[-cfg.eval.heldout_max :]
+                    heldout_labels = torch.cat([heldout_labels, new_labels])[-cfg.eval.heldout_max :]
+                    # Current and best student are compared on the same, grown pool of never-trained-on images.
+                    score = teacher_agreement(student, heldout_images, heldout_labels, device)
+                    best_wins = best_state is None
+                    if not best_wins:
+                        incumbent = copy.deepcopy(student)
+                        incumbent.load_state_dict(best_state)
+                        best_score = teacher_agreement(incumbent, heldout_images, heldout_labels, device)
+                        best_wins = score >= best_score
+                if best_wins:
+                    best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+                    best_score, best_step = score, done
+                eval_record = {"step": done, "selection_score": score, "best_step": best_step}
+                if data is not None:
+                    top1, _, _ = evaluate_splits(student, data.test, {"full": split_indices["full"]}, t.mean, t.std, device)
+                    last_eval_acc = top1["full"]
+                    eval_record["accuracy"] = last_eval_acc
+                history.append(eval_record)
+                record["eval"] = eval_record
+                if is_main:
+                    state = checkpoint_state(done)
+                    save_checkpoint(ckpt_dir / "last.pt", state)
+                    if best_step == done:
+                        save_checkpoint(ckpt_dir / "best.pt", state)
+            if is_main:
+                append_jsonl(run_dir / "metrics.jsonl", record)
+            bar.update(1)
+            bar.set_postfix(
+                s_loss=f"{logs.get('s_loss', 0):.3f}",
+                **({"g_bn": f"{logs['g_bn']:.2f}"} if "g_bn" in logs else {}),
+                **({"acc": f"{last_eval_acc:.3f}"} if last_eval_acc is not None else {}),
+            )
+        else:
+            step = cfg.steps
+    except KeyboardInterrupt:
+        bar.close()
+        if is_main:
+            save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))
+        raise Interrupted(step, run_dir) from None
+    bar.close()
+    if step < cfg.steps:  # stopped early on purpose: leave a resumable checkpoint
+        if is_main:
+            save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))
+        return RunResult(run_dir, {}, finished=False, history=history)
+
+    # ---------------------------------------------------------------- final evaluation, export, report
+    student.load_state_dict(best_state)
+    student.eval()
+    wall = time.time() - started
+    student_acc: dict = {}
+    confusions = {}
+    if data is not None:
+        s_top1, s_top5, s_pred = evaluate_splits(student, data.test, split_indices, t.mean, t.std, device)
+        student_acc = {"top1": s_top1, "top5": s_top5}
+        _, _, t_pred = evaluate_splits(teacher, data.test, {"full": split_indices["full"]}, t.mean, t.std, device)
+        confusions = {
+            "student": confusion_matrix(s_pred, data.test.labels, t.num_classes),
+            "teacher": confusion_matrix(t_pred, data.test.labels, t.num_classes),
+        }
+
+    generator.eval()
+    with torch.no_grad():
+        sample_z = torch.randn(64, cfg.generator.noise_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+        samples = generator(sample_z).float()
+        sample_pixels = generator.to_pixels(samples).clamp(0, 1).cpu()
+        sample_classes = predict_logits(teacher, samples.cpu(), device).argmax(1)
+
+    artifacts: dict[str, str | None] = {"onnx": None, "report_md": "report.md"}
+    onnx_check: dict | None = None
+    if cfg.export_onnx and is_main:
+        from compressor.export_step import export_student
+
+        onnx_check = export_student(student, samples.cpu(), input_shape, run_dir / "student.onnx", cfg, student_acc)
+        artifacts["onnx"] = "student.onnx"
+
+    report = {
+        "teacher": {
+            "arch": t.arch,
+            "params": teacher_params,
+            "macs": count_macs(teacher, input_shape),
+            "accuracy": _accuracy_block(teacher_acc),
+            "top5": _top5_block(teacher_acc),
+            "sha256": t.sha256,
+        },
+        "student": {
+            "arch": f"{cfg.student.family}",
+            "spec": plan.spec,
+            "params": student_params,
+            "macs": count_macs(student, input_shape),
+            "accuracy": _accuracy_block(student_acc),
+            "top5": _top5_block(student_acc),
+        },
+        "ratio": student_params / teacher_params,
+        "requested_ratio": cfg.student.ratio,
+        "method": cfg.method.name,
+        "preset": cfg.preset,
+        "steps": cfg.steps,
+        "student_updates": cfg.steps * cfg.student_steps,
+        "batch_size": cfg.batch_size,
+        "images_synthesised": cfg.steps * cfg.batch_size * (cfg.student_steps + cfg.generator_steps),
+        "images_per_second": cfg.steps * cfg.batch_size * (cfg.student_steps + cfg.generator_steps) / max(synth_time, 1e-9)
+        if start_step == 0 else None,
+        "wall_seconds": wall,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "dataset": cfg.eval.dataset,
+        "selection": {
+            "criterion": "teacher agreement on held-out synthetic images" if cfg.eval.select_on == "synthetic"
+            else "accuracy on a validation subset of the train split",
+            "best_step": best_step,
+            "score": best_score,
+        },
+        "onnx_check": onnx_check,
+        "history": history,
+        "artifacts": artifacts,
+    }
+    if is_main:
+        from compressor.report import write_report
+
+        write_report(run_dir, report, confusions, sample_pixels, sample_classes, t.class_names)
+    return RunResult(run_dir, report, history=history)
+
+
+def _accuracy_block(acc: dict) -> dict:
+    top1 = acc.get("top1") or {}
+    return {name: top1.get(name) for name in ("full", "test_10", "test_20")}
+
+
+def _top5_block(acc: dict) -> dict | None:
+    top5 = acc.get("top5")
+    return {name: top5.get(name) for name in ("full", "test_10", "test_20")} if top5 else None

@@ -1,0 +1,72 @@
+"""One loss, one function (like RepDistiller's distiller_zoo)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def l1_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """The seed's DFAD discrepancy: mean absolute difference of logits."""
+    return F.l1_loss(student_logits, teacher_logits)
+
+
+def kl_at_temperature(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's KD: KL(teacher || student) of softened distributions, scaled by T^2 to keep gradients comparable."""
+    t = temperature
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
+    p_t = F.softmax(teacher_logits.float() / t, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="batchmean") * t * t
+
+
+def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+
+
+def class_balance(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL of the batch's mean teacher prediction from uniform: zero when every class is equally represented."""
+    mean_p = F.softmax(teacher_logits.float(), dim=1).mean(dim=0)
+    return (mean_p * torch.log(mean_p.clamp_min(1e-8))).sum() + math.log(teacher_logits.shape[1])
+
+
+def one_hot_confidence(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the teacher's own argmax: pushes each image to look like one class."""
+    return F.cross_entropy(teacher_logits.float(), teacher_logits.argmax(dim=1))
+
+
+class BatchNormStatistics:
+    """Matches each teacher BatchNorm's batch statistics to its running statistics (DeepInversion).
+
+    Hooks record the distance during a teacher forward while `active`; the
+    sum over layers is what keeps synthetic images in the teacher's domain.
+    """
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.layers = [m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
+        self.active = False
+        self._losses: list[torch.Tensor] = []
+        self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
+
+    def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        if not self.active:
+            return
+        x = inputs[0].float()
+        mean = x.mean(dim=(0, 2, 3))
+        var = x.var(dim=(0, 2, 3), unbiased=False)
+        self._losses.append(
+            torch.norm(mean - module.running_mean, 2) + torch.norm(var - module.running_var, 2)
+        )
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def collect(self) -> torch.Tensor:
+        """The summed distance recorded since the last call."""
+        losses, self._losses = self._losses, []
+        if not losses:
+            return torch.zeros(())
+        return torch.stack(losses).sum()

@@ -1,0 +1,130 @@
+"""report.json, report.md and the figures a person looks at after a run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _pct(v: float | None) -> str:
+    return "not measured" if v is None else f"{100 * v:.2f} %"
+
+
+def plot_accuracy(history: list[dict], path: Path) -> None:
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if any("accuracy" in h for h in history):
+        ax.plot(steps, [h.get("accuracy") for h in history], marker="o", label="student top-1 (test, reporting only)")
+    ax.plot(steps, [h["selection_score"] for h in history], marker=".", linestyle="--", label="selection score")
+    ax.set_xlabel("step")
+    ax.set_ylabel("fraction")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: np.ndarray, class_names: list[str], title: str, path: Path) -> None:
+    k = len(class_names)
+    size = min(12, 3 + 0.35 * k)
+    fig, ax = plt.subplots(figsize=(size, size))
+    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 20:
+        ax.set_xticks(range(k), class_names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), class_names, fontsize=7)
+        for i in range(k):
+            for j in range(k):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_samples(pixels: torch.Tensor, classes: torch.Tensor, class_names: list[str], path: Path) -> None:
+    n = min(32, len(pixels))
+    cols = 8
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5))
+    for i, ax in enumerate(np.atleast_1d(axes).flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = pixels[i].permute(1, 2, 0).numpy()
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=1)
+        ax.set_title(class_names[int(classes[i])][:12], fontsize=7)
+    fig.suptitle("synthetic images, titled with the teacher's class", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(report: dict) -> str:
+    t, s = report["teacher"], report["student"]
+    lines = [
+        f"# Compression report: {t['arch']} → {s['arch']} student",
+        "",
+        f"Method `{report['method']}` (preset `{report['preset']}`), {report['steps']} steps "
+        f"({report['student_updates']} student updates, batch {report['batch_size']}), "
+        f"{report['wall_seconds']:.0f} s on {report['device']}.",
+        "",
+        "| | parameters | M MACs | top-1 full | top-1 test 20 % | top-1 test 10 % |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in (("teacher", t), ("student", s)):
+        a = m["accuracy"]
+        lines.append(
+            f"| {name} | {m['params']:,} | {m['macs'] / 1e6:.1f} | {_pct(a['full'])} | {_pct(a['test_20'])} | {_pct(a['test_10'])} |"
+        )
+    lines += ["", f"Student / teacher parameters: **{100 * report['ratio']:.2f} %** (asked for {100 * report['requested_ratio']:.0f} %)."]
+    if s["accuracy"]["full"] is None:
+        lines += ["", "Accuracy was **not measured**: the run had no evaluation data (pass `--dataset`)."]
+    elif t["accuracy"]["full"]:
+        lines += [f"Student reaches **{100 * s['accuracy']['full'] / t['accuracy']['full']:.1f} %** of the teacher's accuracy."]
+    sel = report["selection"]
+    lines += [
+        "",
+        f"Model selection: {sel['criterion']}; best at step {sel['best_step']} (score {sel['score']:.3f}). "
+        "Test data was used for reporting only.",
+    ]
+    if report.get("onnx_check"):
+        lines += ["", f"`student.onnx` verified against PyTorch: max |Δlogit| {report['onnx_check']['max_abs_logit_diff']:.1e} "
+                  f"at batch sizes {report['onnx_check']['batch_sizes']}."]
+    lines += ["", "![accuracy](accuracy.png)", ""]
+    if (report.get("figures") or {}).get("confusion"):
+        lines += [f"![confusion]({f})" for f in report["figures"]["confusion"]] + [""]
+    lines += ["![samples](samples.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(
+    run_dir: Path,
+    report: dict,
+    confusions: dict[str, np.ndarray],
+    sample_pixels: torch.Tensor,
+    sample_classes: torch.Tensor,
+    class_names: list[str],
+) -> None:
+    figures = {"accuracy": "accuracy.png", "samples": "samples.png", "confusion": []}
+    plot_accuracy(report["history"], run_dir / "accuracy.png")
+    plot_samples(sample_pixels, sample_classes, class_names, run_dir / "samples.png")
+    for who, matrix in confusions.items():
+        name = "confusion_full.png" if who == "student" else f"confusion_full_{who}.png"
+        plot_confusion(matrix, class_names, f"{who}, full test split", run_dir / name)
+        figures["confusion"].append(name)
+    report["figures"] = figures
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (run_dir / "report.md").write_text(markdown(report))

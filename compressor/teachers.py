@@ -1,0 +1,166 @@
+"""Safe teacher loading and architecture detection.
+
+Nothing in a checkpoint is ever unpickled as code: state dicts go through
+``torch.load(weights_only=True)``, TorchScript archives through
+``torch.jit.load`` (TorchScript, not Python), and a pickled whole module is
+refused before any of its code can run.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from compressor.errors import CompressorError
+from compressor.models import create_model, get_entry, list_models
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "student", "teacher")
+
+
+@dataclass
+class LoadedTeacher:
+    model: nn.Module
+    arch: str
+    num_classes: int
+    in_channels: int
+    sha256: str
+    source: str  # "state_dict" or "torchscript"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.split("/", 1)[-1].startswith("code/") for n in zf.namelist())
+
+
+def _unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
+    """Accept a bare state dict or one under a common wrapper key, with or without DataParallel's prefix."""
+    if isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], dict):
+                return _unwrap_state_dict(obj[key])
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) == len(obj):
+            if all(k.startswith("module.") for k in tensors):
+                tensors = {k[len("module."):]: v for k, v in tensors.items()}
+            return tensors
+    raise CompressorError(
+        "checkpoint holds no state dict (expected tensors, optionally under 'state_dict', 'model' or 'net')"
+    )
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], nn.Module | None]:
+    if not path.is_file():
+        raise CompressorError(f"teacher checkpoint not found: {path}")
+    try:
+        if _is_torchscript(path):
+            scripted = torch.jit.load(str(path), map_location="cpu")
+            return dict(scripted.state_dict()), scripted
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CompressorError:
+        raise
+    except Exception as exc:  # weights_only refuses code; anything else is an unreadable file
+        text = str(exc)
+        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
+            raise CompressorError(
+                f"{path} is a pickled Python object, not a state dict or TorchScript archive; refusing to load it "
+                "(save with torch.save(model.state_dict(), path) or torch.jit.save)"
+            ) from None
+        raise CompressorError(f"cannot read teacher checkpoint {path}: {text.splitlines()[0] if text else exc!r}") from None
+    return _unwrap_state_dict(obj), None
+
+
+def _classifier_shape(state: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(num_classes, in_channels): the last 2-D weight is the classifier, the first 4-D weight the stem."""
+    mats = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
+    convs = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 4]
+    if not mats:
+        raise CompressorError("cannot find a classifier layer (a 2-D weight) in the checkpoint")
+    return mats[-1].shape[0], (convs[0].shape[1] if convs else 3)
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def infer_arch(state: dict[str, torch.Tensor], num_classes: int, in_channels: int) -> str | None:
+    """The first registry architecture whose state-dict keys and shapes equal the checkpoint's."""
+    wanted = _shapes(state)
+    for name in list_models(inferable_only=True):
+        entry = get_entry(name)
+        if entry.fixed_in_channels not in (None, in_channels):
+            continue
+        with torch.device("meta"):
+            try:
+                model = create_model(name, num_classes=num_classes, in_channels=in_channels)
+            except Exception:
+                continue
+        if _shapes(model.state_dict()) == wanted:
+            return name
+    return None
+
+
+def _build_custom(spec: str, num_classes: int) -> nn.Module:
+    """``package.module:factory``: the user's own code builds the architecture; our loader supplies the weights."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise CompressorError(f"cannot import --arch {spec}: {exc}") from None
+    try:
+        params = inspect.signature(factory).parameters
+        model = factory(num_classes=num_classes) if "num_classes" in params else factory()
+    except Exception as exc:
+        raise CompressorError(f"--arch {spec} failed to build a model: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise CompressorError(f"--arch {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_teacher(path: str | Path, arch: str | None = None) -> LoadedTeacher:
+    path = Path(path)
+    state, scripted = _read_checkpoint(path)
+    num_classes, in_channels = _classifier_shape(state)
+    sha = file_sha256(path)
+    if arch and ":" in arch:
+        model = _build_custom(arch, num_classes)
+    elif arch:
+        try:
+            get_entry(arch)
+        except KeyError as exc:
+            raise CompressorError(str(exc.args[0])) from None
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    else:
+        arch = infer_arch(state, num_classes, in_channels)
+        if arch is None:
+            if scripted is not None:  # an architecture we don't know, but TorchScript carries its own code
+                return LoadedTeacher(scripted.eval(), "torchscript", num_classes, in_channels, sha, "torchscript")
+            raise CompressorError(
+                f"cannot recognise the architecture of {path} ({len(state)} tensors, {num_classes} classes); "
+                "pass --arch NAME or --arch package.module:factory"
+            )
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CompressorError(f"checkpoint does not fit architecture {arch}: {first}") from None
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedTeacher(model, arch, num_classes, in_channels, sha, "torchscript" if scripted is not None else "state_dict")
