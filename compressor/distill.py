@@ -167,7 +167,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     use_amp = cfg.amp and device.type == "cuda"
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 
-    # Teacher, evaluation data, student, generator, method.
+    # Teacher, evaluation data, student, generator, method; seeded so that a run repeats exactly.
+    torch.manual_seed(cfg.seed + rank)
     teacher_info = resolve_teacher(cfg)
     data = load_eval_data(cfg)
     student, plan = resolve_student(cfg, teacher_info)
@@ -215,7 +216,6 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     best_score, best_step = -1.0, 0
     history: list[dict] = []
     start_step = 0
-    torch.manual_seed(cfg.seed + rank)
 
     if resume:
         ckpt = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)

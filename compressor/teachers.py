@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,9 +70,13 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], nn.Module | N
         raise CompressorError(f"teacher checkpoint not found: {path}")
     try:
         if _is_torchscript(path):
-            scripted = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch marks TorchScript deprecated; users still ship it
+                warnings.simplefilter("ignore", FutureWarning)
+                scripted = torch.jit.load(str(path), map_location="cpu")
             return dict(scripted.state_dict()), scripted
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol chatter is not the user's concern
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except CompressorError:
         raise
     except Exception as exc:  # weights_only refuses code; anything else is an unreadable file

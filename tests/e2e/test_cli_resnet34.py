@@ -1,0 +1,31 @@
+"""A torchvision ResNet-34 with 100 classes, no dataset: the budget and the ONNX file are right."""
+import json
+
+import numpy as np
+import torch
+import torchvision
+
+from export.onnx import cpu_session, read_metadata
+from tests.conftest import run_cli
+
+
+def test_cli_on_random_resnet34_without_data(tmp_path):
+    teacher = torchvision.models.resnet34(weights=None, num_classes=100)
+    torch.save({"state_dict": teacher.state_dict()}, tmp_path / "resnet34.pth")
+    teacher_params = sum(p.numel() for p in teacher.parameters())
+    out = tmp_path / "run"
+    proc = run_cli("--teacher", str(tmp_path / "resnet34.pth"), "--ratio", "0.1", "--steps", "2", "--batch-size", "8",
+                   "--input-size", "32", "--eval-every", "1", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "not measured" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["teacher"]["arch"] == "resnet34" and report["teacher"]["params"] == teacher_params
+    assert 0.097 * teacher_params <= report["student"]["params"] <= 0.1 * teacher_params
+    assert report["student"]["accuracy"]["full"] is None
+    assert report["artifacts"]["onnx"] == "student.onnx"
+    session = cpu_session(out / "student.onnx")
+    for batch in (1, 5):
+        logits = session.run(None, {"input": np.random.rand(batch, 3, 32, 32).astype(np.float32)})[0]
+        assert logits.shape == (batch, 100)
+    meta = read_metadata(out / "student.onnx")
+    assert meta["params"] == report["student"]["params"] and len(meta["class_names"]) == 100

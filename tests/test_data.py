@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compressor.data import load_dataset, reported_split_indices, stratified_subset
+from compressor.errors import CompressorError
+
+
+def test_reported_splits_are_fixed_stratified_and_nested():
+    labels = torch.arange(10).repeat_interleave(100)
+    splits = reported_split_indices(labels)
+    assert len(splits["full"]) == 1000 and len(splits["test_20"]) == 200 and len(splits["test_10"]) == 100
+    for name in ("test_10", "test_20"):
+        counts = torch.bincount(labels[splits[name]], minlength=10)
+        assert (counts == counts[0]).all()
+    assert set(splits["test_10"].tolist()) <= set(splits["test_20"].tolist())
+    assert torch.equal(splits["test_10"], reported_split_indices(labels)["test_10"])  # seeded: identical every time
+    assert not torch.equal(stratified_subset(labels, 0.1, seed=0), stratified_subset(labels, 0.1, seed=1))
+
+
+def test_digits_are_upsampled_and_split():
+    data = load_dataset("digits", None, False, 16, 1)
+    assert data.test.images.shape[1:] == (1, 16, 16) and len(data.class_names) == 10
+    assert len(data.train.labels) + len(data.test.labels) == 1797
+    assert 0 <= data.test.images.min() and data.test.images.max() <= 1
+
+
+def test_npz_and_image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (12, 20, 20, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=images, labels=np.arange(12) % 3, class_names=np.array(["a", "b", "c"]))
+    data = load_dataset(str(tmp_path / "d.npz"), None, False, 32, 3)
+    assert data.test.images.shape == (12, 3, 32, 32) and data.class_names == ["a", "b", "c"]
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (tmp_path / "folder" / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(images[i]).save(tmp_path / "folder" / split / cls / f"{i}.png")
+    data = load_dataset(str(tmp_path / "folder"), None, False, 16, 1)
+    assert data.class_names == ["cat", "dog"] and data.test.images.shape == (6, 1, 16, 16)
+    assert data.train is not None and len(data.train.labels) == 6
+
+
+def test_unknown_or_missing_datasets_are_clear_errors(tmp_path):
+    with pytest.raises(CompressorError, match="unknown dataset"):
+        load_dataset("imagenet22k", None, False, 32, 3)
+    with pytest.raises(CompressorError, match="--download"):
+        load_dataset("cifar10", str(tmp_path), False, 32, 3)

@@ -1,0 +1,64 @@
+"""The loop: checkpoints, exact resume, data-free selection, no-data runs."""
+import json
+
+import torch
+
+from compressor.config import EvalConfig, GeneratorConfig, RunConfig, StudentConfig, TeacherConfig
+from compressor.distill import run
+from compressor.models import create_model
+
+
+def _tiny_config(tmp_path, name: str, steps: int = 6, dataset: str | None = None) -> RunConfig:
+    teacher = tmp_path / "teacher.pth"
+    if not teacher.exists():
+        torch.manual_seed(0)
+        torch.save(create_model("resnet20", num_classes=10, in_channels=1).state_dict(), teacher)
+    return RunConfig(
+        out_dir=str(tmp_path / name),
+        teacher=TeacherConfig(path=str(teacher), input_size=16, mean=(0.3,), std=(0.4,)),
+        student=StudentConfig(ratio=0.3),
+        generator=GeneratorConfig(width=8, noise_dim=16),
+        eval=EvalConfig(dataset=dataset, eval_every=2, heldout_per_eval=16),
+        steps=steps,
+        batch_size=16,
+        student_steps=2,
+        device="cpu",
+        export_onnx=False,
+    )
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    straight = run(_tiny_config(tmp_path, "straight"), quiet=True)
+    cfg = _tiny_config(tmp_path, "resumed")
+    partial = run(cfg, stop_at_step=3, quiet=True)
+    assert not partial.finished
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
+    resumed_cfg = RunConfig.model_validate_json((tmp_path / "resumed" / "config.json").read_text())
+    resumed = run(resumed_cfg, resume=True, quiet=True)
+
+    def losses(run_dir):
+        return [{k: v for k, v in json.loads(line).items() if k != "eval"} for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
+    assert straight.report["selection"] == resumed.report["selection"]
+
+
+def test_run_without_data_reports_accuracy_as_not_measured(tmp_path):
+    result = run(_tiny_config(tmp_path, "nodata", steps=2), quiet=True)
+    report = json.loads((tmp_path / "nodata" / "report.json").read_text())
+    assert report["student"]["accuracy"] == {"full": None, "test_10": None, "test_20": None}
+    assert "not measured" in (tmp_path / "nodata" / "report.md").read_text()
+    for name in ("config.json", "metrics.jsonl", "checkpoints/best.pt", "accuracy.png", "samples.png"):
+        assert (tmp_path / "nodata" / name).exists(), name
+    assert result.report["selection"]["criterion"].startswith("teacher agreement")
+
+
+def test_selection_never_touches_test_labels(tmp_path):
+    """Selection scores come from synthetic images only: identical with and without a labelled dataset."""
+    with_data = run(_tiny_config(tmp_path, "with", dataset="digits"), quiet=True)
+    without = run(_tiny_config(tmp_path, "without"), quiet=True)
+    assert [h["selection_score"] for h in with_data.history] == [h["selection_score"] for h in without.history]
+    assert with_data.report["student"]["accuracy"]["full"] is not None

@@ -1,0 +1,113 @@
+import pickle
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from compressor.errors import CompressorError
+from compressor.models import create_model
+from compressor.teachers import load_teacher
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize(
+    "arch, classes, channels, layout",
+    [
+        ("resnet20", 10, 3, "bare"),
+        ("cifar_resnet18", 100, 3, "state_dict+module"),
+        ("wrn_16_1", 10, 3, "model"),
+        ("small_cnn", 10, 1, "net"),
+        ("resnet18", 7, 3, "bare"),
+        ("mobilenet_v2", 5, 3, "state_dict"),
+    ],
+)
+def test_detects_architecture_classes_and_channels(tmp_path, arch, classes, channels, layout):
+    model = create_model(arch, num_classes=classes, in_channels=channels)
+    state = model.state_dict()
+    if "module" in layout:
+        state = {f"module.{k}": v for k, v in state.items()}
+    key = layout.split("+")[0]
+    torch.save(state if key == "bare" else {key: state, "epoch": torch.tensor(3)}, tmp_path / "t.pth")
+    loaded = load_teacher(tmp_path / "t.pth")
+    assert (loaded.arch, loaded.num_classes, loaded.in_channels) == (arch, classes, channels)
+    assert _same_weights(loaded.model, model)
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+
+
+def test_arch_override_and_mismatch(tmp_path):
+    torch.save(create_model("resnet20", num_classes=10).state_dict(), tmp_path / "t.pth")
+    assert load_teacher(tmp_path / "t.pth", arch="resnet20").arch == "resnet20"
+    with pytest.raises(CompressorError, match="does not fit architecture resnet32"):
+        load_teacher(tmp_path / "t.pth", arch="resnet32")
+    with pytest.raises(CompressorError, match="unknown architecture"):
+        load_teacher(tmp_path / "t.pth", arch="no_such_net")
+
+
+def test_torchscript_archive_is_accepted_and_recognised(tmp_path):
+    model = create_model("resnet20", num_classes=10).eval()
+    torch.jit.save(torch.jit.script(model), tmp_path / "t.pt")
+    loaded = load_teacher(tmp_path / "t.pt")
+    assert loaded.source == "torchscript" and loaded.arch == "resnet20"
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(loaded.model(x), model(x), atol=1e-5)
+
+
+def test_custom_architecture_from_user_code(tmp_path, monkeypatch):
+    (tmp_path / "my_nets.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+        def tiny(num_classes):
+            return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_nets", None)
+    import my_nets
+
+    torch.save(my_nets.tiny(6).state_dict(), tmp_path / "t.pth")
+    with pytest.raises(CompressorError, match="cannot recognise"):
+        load_teacher(tmp_path / "t.pth")
+    loaded = load_teacher(tmp_path / "t.pth", arch="my_nets:tiny")
+    assert loaded.num_classes == 6
+
+
+class _Exploit:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"state_dict": _Exploit(str(marker))}, f)
+    with pytest.raises(CompressorError, match="refusing to load"):
+        load_teacher(tmp_path / "evil.pth")
+    assert not marker.exists()
+    # A torch.save'd file with a code-carrying object is refused the same way.
+    torch.save({"model": _Exploit(str(marker))}, tmp_path / "evil2.pth")
+    with pytest.raises(CompressorError, match="refusing to load"):
+        load_teacher(tmp_path / "evil2.pth")
+    assert not marker.exists()
+
+
+def test_pickled_whole_module_is_refused(tmp_path):
+    torch.save(create_model("resnet20", num_classes=10), tmp_path / "whole.pt")
+    with pytest.raises(CompressorError, match="pickled Python object"):
+        load_teacher(tmp_path / "whole.pt")
+
+
+def test_missing_and_garbage_files(tmp_path):
+    with pytest.raises(CompressorError, match="not found"):
+        load_teacher(tmp_path / "nope.pth")
+    (tmp_path / "junk.pth").write_bytes(b"\x00not a checkpoint at all")
+    with pytest.raises(CompressorError):
+        load_teacher(tmp_path / "junk.pth")
