@@ -9,6 +9,7 @@ teacher's input size; normalisation is applied by whoever feeds a model.
 from __future__ import annotations
 
 import hashlib
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,17 +164,21 @@ def _decode_folder(folder: Path, size: int, channels: int) -> tuple[Split, list[
     return Split(_from_uint8_hwc(np.stack(images)), torch.tensor(labels)), classes
 
 
+def cache_dir() -> Path:
+    """Decoded images and unpacked archives; COMPRESSOR_CACHE moves it (tests point it at a temporary folder)."""
+    return Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
+
+
 def _cached_folder_split(folder: Path, size: int, channels: int) -> tuple[Split, list[str]]:
-    """Decoding 10k JPEGs takes seconds; keep a decoded copy next to the folder (or in the user cache)."""
+    """Decoding 10k JPEGs takes seconds; keep a decoded copy in the cache folder."""
     key = hashlib.sha1(f"{folder.resolve()}:{size}:{channels}".encode()).hexdigest()[:12]
-    cache_dir = Path.home() / ".cache" / "compressor"
-    cache = cache_dir / f"folder-{key}.pt"
+    cache = cache_dir() / f"folder-{key}.pt"
     if cache.exists():
         blob = torch.load(cache, weights_only=True)
         return Split(blob["images"].float().div(255), blob["labels"]), list(blob["classes"])
     split, classes = _decode_folder(folder, size, channels)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"images": (split.images * 255).round().to(torch.uint8), "labels": split.labels, "classes": classes}, cache)
     except OSError:
         pass
@@ -183,7 +188,7 @@ def _cached_folder_split(folder: Path, size: int, channels: int) -> tuple[Split,
 def extract_archive(archive: Path) -> Path:
     """A .tar.gz of an image folder is unpacked once into the user cache; returns the folder."""
     digest = hashlib.sha1(f"{archive.resolve()}:{archive.stat().st_size}".encode()).hexdigest()[:12]
-    target = Path.home() / ".cache" / "compressor" / f"archive-{digest}"
+    target = cache_dir() / f"archive-{digest}"
     done = target / ".complete"
     if not done.exists():
         target.mkdir(parents=True, exist_ok=True)

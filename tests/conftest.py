@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("COMPRESSOR_CACHE", tempfile.mkdtemp(prefix="compressor-cache-"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
