@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -16,13 +17,19 @@ from pathlib import Path
 
 import torch
 
-from compressor.data import CIFAR_MEAN, CIFAR_STD, LabelledData, load_dataset
-from compressor.distill import resolve_device
+import numpy as np
+import torch.nn as nn
+
+from compressor.config import EvalConfig, GeneratorConfig, MethodSettings, RunConfig, StudentConfig, TeacherConfig, preset_overrides
+from compressor.data import CIFAR_MEAN, CIFAR_STD, LabelledData, Split, load_dataset, reported_split_indices, stratified_subset
+from compressor.distill import resolve_device, run
 from compressor.errors import CompressorError
 from compressor.evaluate import evaluate_splits
-from compressor.data import reported_split_indices
+from compressor.model_stats import count_params
 from compressor.models import create_model
+from compressor.students import plan_student
 from compressor.supervised import train_classifier
+from compressor.teachers import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -75,6 +82,194 @@ def train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- the contenders
+
+
+CONTENDERS = ("dfad", "default", "kd-real", "scratch")
+
+
+def _subset(split: Split, per_class: int, seed: int) -> Split:
+    idx = stratified_subset(split.labels, per_class / (len(split.labels) / 10), seed=seed)
+    return Split(split.images[idx], split.labels[idx])
+
+
+def _quick_setup(data: LabelledData, work: Path, device: torch.device) -> tuple[Path, LabelledData]:
+    """--quick: a ResNet-8 teacher trained for a few hundred updates on 5,000 train images, a 2,000-image test set."""
+    small = LabelledData(data.name, data.class_names, _subset(data.train, 500, 0), _subset(data.test, 200, 0))
+    teacher_path = work / "quick_teacher_resnet8.pth"
+    if not teacher_path.exists():
+        torch.manual_seed(0)
+        model = create_model("resnet8", num_classes=10)
+        train_classifier(model, small.train, CIFAR_MEAN, CIFAR_STD, steps=400, batch_size=64, lr=0.1,
+                         pad=4, flip=True, device=device)
+        torch.save(model.cpu().state_dict(), teacher_path)
+    return teacher_path, small
+
+
+def _npz_of(split: Split, classes: list[str], path: Path) -> Path:
+    """The test split as an .npz, so the compressor's own loader evaluates exactly the split reported here."""
+    np.savez(path, images=(split.images * 255).round().byte().permute(0, 2, 3, 1).numpy(),
+             labels=split.labels.numpy(), class_names=np.array(classes))
+    return path
+
+
+def _accuracy_on(model: nn.Module, test: Split, device: torch.device) -> dict[str, float]:
+    top1, _, _ = evaluate_splits(model, test, reported_split_indices(test.labels), CIFAR_MEAN, CIFAR_STD, device)
+    return top1
+
+
+def run_data_free(method: str, teacher: Path, test_npz: Path, ratio: float, args, out: Path) -> dict:
+    preset = "seed" if method == "dfad" else "default"
+    fields = {**preset_overrides(preset)}
+    fields["method"] = fields.get("method", MethodSettings()).model_copy(update={"name": method})
+    steps = max(1, args.student_steps // 5)
+    cfg = RunConfig(
+        out_dir=str(out), preset=preset, teacher=TeacherConfig(path=str(teacher)),
+        student=StudentConfig(family=args.student, ratio=ratio),
+        eval=EvalConfig(dataset=str(test_npz), eval_every=max(1, steps // args.eval_points)),
+        steps=steps, student_steps=5, batch_size=args.batch_size, seed=args.seed, device=args.device,
+        export_onnx=False, **{k: v for k, v in fields.items() if k not in ("batch_size", "student_steps", "steps")},
+    )
+    width = args.generator_width or (32 if args.quick else None)
+    if width:
+        cfg.generator = cfg.generator.model_copy(update={"width": width})
+    report = run(cfg, quiet=args.quiet).report
+    return {
+        "params": report["student"]["params"],
+        "student_steps": report["student_updates"],
+        "batch_size": cfg.batch_size,
+        "wall_seconds": report["wall_seconds"],
+        "images_per_second": report["images_per_second"],
+        "accuracy": report["student"]["accuracy"],
+        "curve": [[h["step"] * 5, h.get("accuracy")] for h in report["history"]],
+        "selected_step": report["selection"]["best_step"] * 5,
+    }
+
+
+def run_real(kind: str, teacher_model: nn.Module, data: LabelledData, ratio: float, args, device) -> dict:
+    """The references: the same student trained on real train/ images, by KD from the teacher or from labels."""
+    torch.manual_seed(args.seed)
+    plan = plan_student(args.student, ratio, count_params(teacher_model), 10, 3, 32)
+    student = plan.build(10, 3)
+    curve: list[list] = []
+    test_full = {"full": torch.arange(len(data.test.labels))}
+
+    def record(step: int) -> None:
+        top1, _, _ = evaluate_splits(student, data.test, test_full, CIFAR_MEAN, CIFAR_STD, device)
+        curve.append([step, top1["full"]])
+
+    started = time.time()
+    train_classifier(student, data.train, CIFAR_MEAN, CIFAR_STD, steps=args.student_steps, batch_size=args.batch_size,
+                     lr=0.1, pad=4, flip=True, seed=args.seed, device=device,
+                     teacher=teacher_model.to(device) if kind == "kd-real" else None, temperature=4.0,
+                     eval_every=max(1, args.student_steps // args.eval_points), on_eval=record)
+    wall = time.time() - started
+    return {
+        "params": plan.params, "student_steps": args.student_steps, "batch_size": args.batch_size,
+        "wall_seconds": wall, "images_per_second": None,
+        "accuracy": _accuracy_on(student, data.test, device), "curve": curve,
+    }
+
+
+def plot_curves(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, c in result["contenders"].items():
+        pts = [(s, a) for s, a in c["curve"] if a is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.axhline(result["teacher"]["accuracy"]["full"], color="grey", linestyle=":", label="teacher")
+    ax.set_xlabel("student updates")
+    ax.set_ylabel("top-1, full test set")
+    ax.set_title(f"CIFAR-10, ratio {result['ratio']}{' (quick)' if result['quick'] else ''}")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown_table(result: dict) -> str:
+    t = result["teacher"]
+    lines = [
+        f"### Ratio {result['ratio']}{' (quick)' if result['quick'] else ''}",
+        "",
+        f"Teacher {t['arch']} ({t['params']:,} params): {100 * t['accuracy']['full']:.2f} % on the full test set. "
+        f"{result['machine']}, {result['date']}. Command: `{result['command']}`",
+        "",
+        "| contender | student params | student updates | batch | top-1 full | test 20 % | test 10 % | wall | synthetic img/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, c in result["contenders"].items():
+        a = c["accuracy"]
+        ips = f"{c['images_per_second']:.0f}" if c.get("images_per_second") else "–"
+        lines.append(f"| {name} | {c['params']:,} | {c['student_steps']:,} | {c['batch_size']} | {100 * a['full']:.2f} % | "
+                     f"{100 * a['test_20']:.2f} % | {100 * a['test_10']:.2f} % | {c['wall_seconds'] / 60:.1f} min | {ips} |")
+    c = result["contenders"]
+    if "default" in c and "kd-real" in c:
+        lines += ["", f"default / kd-real (full test set): **{c['default']['accuracy']['full'] / c['kd-real']['accuracy']['full']:.3f}**"]
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = set(contenders) - set(CONTENDERS)
+    if unknown:
+        raise CompressorError(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
+    try:
+        ratios = [float(r) for r in args.ratios.split(",")]
+    except ValueError:
+        raise CompressorError(f"--ratios must be comma-separated numbers, got {args.ratios!r}") from None
+    if args.student_steps < 5:
+        raise CompressorError("--student-steps must be at least 5")
+    device = resolve_device(args.device)
+    data = load_cifar10(args.data, args.download)
+    if data.train is None:
+        raise CompressorError("the CIFAR-10 source has no train/ split (the real-data references need it)")
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        teacher_path, data = _quick_setup(data, work, device)
+    else:
+        teacher_path = Path(args.teacher) if args.teacher else TEACHER_DIR / "cifar10_resnet20.pth"
+        if not teacher_path.exists():
+            raise CompressorError(f"no teacher at {teacher_path}: run 'python -m benchmarks.cifar10 teacher' first")
+    teacher = load_teacher(teacher_path)
+    test_npz = _npz_of(data.test, data.class_names, work / "test.npz")
+    teacher_acc = _accuracy_on(teacher.model, data.test, device)
+    command = "python -m benchmarks.cifar10 " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    tables = []
+    for ratio in ratios:
+        result = {
+            "quick": args.quick, "dataset": "cifar10", "ratio": ratio,
+            "teacher": {"arch": teacher.arch, "params": count_params(teacher.model), "accuracy": teacher_acc},
+            "contenders": {}, "device": str(device),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+            "date": date.today().isoformat(), "command": command,
+        }
+        for name in contenders:
+            if name in ("dfad", "default"):
+                outcome = run_data_free(name, teacher_path, test_npz, ratio, args, work / f"r{ratio}-{name}")
+            else:
+                outcome = run_real(name, teacher.model, data, ratio, args, device)
+            result["contenders"][name] = outcome
+            print(f"ratio {ratio} {name:8s} top-1 {100 * outcome['accuracy']['full']:6.2f} % "
+                  f"({outcome['wall_seconds'] / 60:.1f} min)", flush=True)
+        suffix = f"{ratio}{'_quick' if args.quick else ''}"
+        (results_dir / f"cifar10_{suffix}.json").write_text(json.dumps(result, indent=2))
+        plot_curves(result, results_dir / f"accuracy_vs_steps_{suffix}.png")
+        tables.append(markdown_table(result))
+    (results_dir / f"cifar10{'_quick' if args.quick else ''}.md").write_text("\n".join(tables))
+    print("\n".join(tables))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cifar10")
     sub = p.add_subparsers(dest="command", required=True)
@@ -87,9 +282,27 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--download", action="store_true")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--out")
+    r = sub.add_parser("run", help="compare the contenders on one teacher, per ratio")
+    r.add_argument("--ratios", default="0.1,0.2")
+    r.add_argument("--student-steps", type=int, default=2000, help="student updates per contender")
+    r.add_argument("--contenders", default=",".join(CONTENDERS))
+    r.add_argument("--student", default="resnet", choices=["resnet", "mobilenet"])
+    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--eval-points", type=int, default=10, help="accuracy measurements along each curve")
+    r.add_argument("--generator-width", type=int, help="narrower generators synthesise faster on CPU")
+    r.add_argument("--teacher", help="default: benchmarks/teachers/cifar10_resnet20.pth")
+    r.add_argument("--quick", action="store_true", help="a small teacher and subset: a few minutes, what the tests run")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--data")
+    r.add_argument("--download", action="store_true")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--work-dir", default="runs/bench-cifar10")
+    r.add_argument("--results-dir", default=str(Path(__file__).resolve().parent / "results"))
+    r.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    args.argv = argv
     try:
-        return train_teacher(args)
+        return train_teacher(args) if args.command == "teacher" else run_benchmark(args)
     except CompressorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from compressor.config import GeneratorConfig, MethodSettings, RunConfig, TeacherConfig, preset_overrides
 from compressor.errors import CompressorError
+from export.cli import OneLineParser
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -25,7 +26,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m compressor",
         description="Data-free compression of an image classifier into a student of a given parameter ratio.",
         epilog="Also: 'python -m compressor demo [--out DIR]' runs the whole pipeline on bundled digits.",
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["demo"]:
             from compressor.demo import DEMO_STEPS, run_demo
 
-            dp = argparse.ArgumentParser(prog="python -m compressor demo", description="the embedded digits demo")
+            dp = OneLineParser(prog="python -m compressor demo", description="the embedded digits demo")
             dp.add_argument("--out", default="runs/demo")
             dp.add_argument("--steps", type=int, default=DEMO_STEPS)
             dp.add_argument("--quiet", action="store_true")

@@ -271,8 +271,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             "history": json.dumps(history),
         }
 
-    def noise() -> torch.Tensor:
-        return torch.randn(cfg.batch_size, cfg.generator.noise_dim, device=device)
+    def noise(n: int = cfg.batch_size) -> torch.Tensor:
+        return torch.randn(n, cfg.generator.noise_dim, device=device)
 
     # ------------------------------------------------------------ the loop
     bar = tqdm(total=cfg.steps, initial=start_step, disable=quiet or not is_main, dynamic_ncols=True, desc="distill")
@@ -305,7 +305,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             # 2. Student: k_s updates on detached synthetic batches.
             student.train()
             for _ in range(cfg.student_steps):
-                z = noise()
+                z = noise(method.fresh_count(cfg.batch_size))
                 with torch.no_grad(), amp():
                     images = generator(z)
                 with amp():
@@ -409,12 +409,18 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         sample_classes = predict_logits(teacher, samples.cpu(), device).argmax(1)
 
     artifacts: dict[str, str | None] = {"onnx": None, "report_md": "report.md"}
-    onnx_check: dict | None = None
+    deployment: dict | None = None
     if cfg.export_onnx and is_main:
-        from compressor.export_step import export_student
+        from compressor.export_step import export_run
 
-        onnx_check = export_student(student, samples.cpu(), input_shape, run_dir / "student.onnx", cfg, student_acc)
-        artifacts["onnx"] = "student.onnx"
+        deployment = export_run(
+            student, teacher, samples.cpu(), run_dir, cfg,
+            student_acc.get("top1", {}).get("full") if student_acc else None,
+            teacher_acc.get("top1", {}).get("full") if teacher_acc else None,
+            data.test if data is not None else None,
+        )
+        artifacts.update({"onnx": "student.onnx", "teacher_onnx": "teacher.onnx", "torchscript": "student.pt",
+                          "fp16": "student.fp16.onnx", "int8": "student.int8.onnx"})
 
     report = {
         "teacher": {
@@ -452,7 +458,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             "best_step": best_step,
             "score": best_score,
         },
-        "onnx_check": onnx_check,
+        "deployment": deployment,
         "history": history,
         "artifacts": artifacts,
     }

@@ -100,14 +100,39 @@ def markdown(report: dict) -> str:
         f"Model selection: {sel['criterion']}; best at step {sel['best_step']} (score {sel['score']:.3f}). "
         "Test data was used for reporting only.",
     ]
-    if report.get("onnx_check"):
-        lines += ["", f"`student.onnx` verified against PyTorch: max |Δlogit| {report['onnx_check']['max_abs_logit_diff']:.1e} "
-                  f"at batch sizes {report['onnx_check']['batch_sizes']}."]
+    if report.get("deployment"):
+        lines += deployment_markdown(report["deployment"])
     lines += ["", "![accuracy](accuracy.png)", ""]
     if (report.get("figures") or {}).get("confusion"):
         lines += [f"![confusion]({f})" for f in report["figures"]["confusion"]] + [""]
     lines += ["![samples](samples.png)", ""]
     return "\n".join(lines)
+
+
+def deployment_markdown(dep: dict) -> list[str]:
+    v = dep["verification"]
+    lines = [
+        "",
+        "## Deployment",
+        "",
+        f"`student.onnx` and `teacher.onnx` verified against PyTorch with ONNX Runtime at batch sizes {v['batch_sizes']}: "
+        f"max |Δlogit| {v['student_max_abs_logit_diff']:.1e} (student), {v['teacher_max_abs_logit_diff']:.1e} (teacher). "
+        "INT8 is calibrated on generator samples: no real data.",
+        "",
+        "| variant | file | size | top-1 full (ONNX Runtime) |",
+        "|---|---|---:|---:|",
+    ]
+    for name, info in dep["variants"].items():
+        lines.append(f"| student {name} | `{info['file']}` | {info['bytes'] / 1e3:.0f} kB | {_pct(info['accuracy'])} |")
+    lines.append(f"| teacher fp32 | `{dep['teacher_file']['file']}` | {dep['teacher_file']['bytes'] / 1e3:.0f} kB | |")
+    speed = dep["cpu_speed"]
+    lines += ["", f"CPU speed, fp32, ONNX Runtime, {speed['threads']} threads (a short measurement; use `python -m export bench` for more):", "",
+              "| batch | student p50 | teacher p50 | student img/s | teacher img/s | speed-up |", "|---:|---:|---:|---:|---:|---:|"]
+    for bs, s in speed["student"].items():
+        t = speed["teacher"][bs]
+        lines.append(f"| {bs} | {s['p50_ms']:.2f} ms | {t['p50_ms']:.2f} ms | {s['images_per_second']:.0f} | "
+                     f"{t['images_per_second']:.0f} | {speed['speedup'][bs]:.2f}× |")
+    return lines
 
 
 def write_report(

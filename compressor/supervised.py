@@ -4,12 +4,15 @@ Not part of data-free distillation; it exists because no teacher weights can be 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from compressor.data import Split
 from compressor.evaluate import normalise
+from compressor.methods.losses import kl_at_temperature
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> torch.Tensor:
@@ -32,7 +35,8 @@ def train_classifier(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     *,
-    epochs: int,
+    epochs: int | None = None,
+    steps: int | None = None,
     batch_size: int = 128,
     lr: float = 0.1,
     weight_decay: float = 5e-4,
@@ -43,17 +47,26 @@ def train_classifier(
     teacher: nn.Module | None = None,
     temperature: float = 4.0,
     log=None,
+    eval_every: int | None = None,
+    on_eval: Callable[[int], None] | None = None,
 ) -> nn.Module:
-    """SGD + cosine schedule; with `teacher`, the loss is KD at `temperature` on real images instead of labels."""
+    """SGD + one-cycle schedule for `epochs` passes or exactly `steps` updates.
+
+    With `teacher`, the loss is KD at `temperature` on real images instead of labels. `on_eval(step)` is
+    called every `eval_every` updates and after the last (benchmarks record accuracy curves with it).
+    """
     g = torch.Generator().manual_seed(seed)
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     steps_per_epoch = max(1, len(train.labels) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    total_steps = steps if steps is not None else epochs * steps_per_epoch
+    epochs = -(-total_steps // steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.15)
+    done = 0
     for epoch in range(epochs):
         perm = torch.randperm(len(train.labels), generator=g)
         total = 0.0
-        for i in range(steps_per_epoch):
+        for i in range(min(steps_per_epoch, total_steps - done)):
             idx = perm[i * batch_size : (i + 1) * batch_size]
             x = normalise(random_crop_flip(train.images[idx], pad, flip, g), mean, std).to(device)
             logits = model(x)
@@ -62,14 +75,16 @@ def train_classifier(
             else:
                 with torch.no_grad():
                     t_logits = teacher(x)
-                from compressor.methods.losses import kl_at_temperature
-
                 loss = kl_at_temperature(logits, t_logits, temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item()
+            done += 1
+            if on_eval and (done == total_steps or (eval_every and done % eval_every == 0)):
+                on_eval(done)
+                model.train()
         if log:
-            log(f"epoch {epoch + 1}/{epochs}: loss {total / steps_per_epoch:.4f}")
+            log(f"epoch {epoch + 1}/{epochs}: loss {total / max(1, i + 1):.4f}")
     return model.eval()

@@ -8,7 +8,6 @@ The opset is fixed so files are reproducible across torch upgrades.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -72,13 +71,10 @@ def read_metadata(path: str | Path) -> dict[str, object]:
 
 
 def cpu_session(path: str | Path):
-    """An ONNX Runtime session on the CPU provider, without the GPU build's CUDA warnings."""
-    import onnxruntime as ort
+    """An ONNX Runtime session on the CPU provider, without the GPU build's CUDA noise."""
+    from export.providers import make_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return make_session(path, "cpu")[0]
 
 
 @torch.no_grad()

@@ -40,6 +40,7 @@ def _assert_one_line_error(proc, pattern: str):
         (["--teacher", "{t}", "--ratio", "0.0001"], "too small"),
         (["--resume", "{tmp}"], "not a resumable run folder"),
         (["--ratio", "0.1"], "--teacher and --ratio are required"),
+        (["--teacher", "{t}", "--ratio", "abc"], "invalid float value"),
     ],
 )
 def test_bad_input(tmp_path, small_teacher, args, pattern):

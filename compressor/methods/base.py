@@ -41,6 +41,10 @@ class Method(ABC):
     def student_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
         """Loss the student minimises on a detached synthetic batch."""
 
+    def fresh_count(self, batch_size: int) -> int:
+        """How many new images the loop should synthesise for a student batch of `batch_size` (a replay pool wants fewer)."""
+        return batch_size
+
     def state_dict(self) -> dict:
         """Anything the method keeps between steps (a replay pool), for exact resume."""
         return {}

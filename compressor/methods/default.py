@@ -115,14 +115,24 @@ class DefaultMethod(Method):
             "diversity": batch.images.detach().float().std(dim=0).mean().item(),
         }
 
+    def _replay_count(self, batch_size: int) -> int:
+        if self.pool.capacity <= 0 or self.pool.size == 0:
+            return 0
+        return int(round(batch_size * self.settings.replay_fraction))
+
+    def fresh_count(self, batch_size: int) -> int:
+        """Only the non-replayed part of a student batch is synthesised: generator passes are the CPU bottleneck."""
+        return batch_size - self._replay_count(batch_size)
+
     def student_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
         s = self.settings
         images = batch.images
         if self.pool.capacity > 0:
-            n_replay = int(round(images.shape[0] * s.replay_fraction)) if self.pool.size else 0
+            f = s.replay_fraction  # the loop synthesised fresh_count(B) images; top up to B from the pool
+            n_replay = int(round(images.shape[0] * f / (1 - f))) if self.pool.size else 0
             self.pool.add(images)
             if n_replay:
-                images = torch.cat([images[: images.shape[0] - n_replay], self.pool.sample(n_replay)])
+                images = torch.cat([images, self.pool.sample(n_replay)])
         if s.augment:
             images = random_shift_flip(images, max_shift=0.125, flip=s.flip)
         with torch.no_grad():

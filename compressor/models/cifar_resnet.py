@@ -152,7 +152,7 @@ for _name, _block, _blocks in [
 ]:
     register_model(_name, partial(CifarResNet, _block, _blocks, _WIDE), family="cifar_resnet")
 
-for _depth in (20, 32, 44, 56, 110):
+for _depth in (8, 14, 20, 32, 44, 56, 110):
     _n = (_depth - 2) // 6
     register_model(f"resnet{_depth}", partial(CifarResNet, BasicBlock, [_n] * 3, [16, 32, 64]), family="cifar_resnet")
 

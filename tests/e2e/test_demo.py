@@ -22,10 +22,18 @@ def test_short_demo_distills_a_useful_student(tmp_path):
     assert report["student"]["params"] >= 0.097 * report["teacher"]["params"]
     for key in ("test_10", "test_20"):
         assert 0 <= report["student"]["accuracy"][key] <= 1
-    for name in ("report.md", "accuracy.png", "samples.png", "confusion_full.png", "student.onnx", "checkpoints/best.pt"):
+    # Deployment variants, evaluated by ONNX Runtime on the same test split; INT8 calibrated on generator samples.
+    variants = report["deployment"]["variants"]
+    assert abs(variants["fp32"]["accuracy"] - student_acc) < 1e-6 + 1 / 450
+    assert abs(variants["int8"]["accuracy"] - variants["fp32"]["accuracy"]) <= 0.01, variants
+    assert abs(variants["fp16"]["accuracy"] - variants["fp32"]["accuracy"]) <= 0.01, variants
+    assert variants["int8"]["bytes"] < variants["fp32"]["bytes"]
+    assert report["deployment"]["verification"]["student_max_abs_logit_diff"] <= 1e-4
+    for name in ("report.md", "accuracy.png", "samples.png", "confusion_full.png", "student.onnx", "teacher.onnx",
+                 "student.pt", "student.int8.onnx", "calibration.npz", "checkpoints/best.pt"):
         assert (out / name).exists(), name
     md = (out / "report.md").read_text()
-    assert "accuracy.png" in md and "confusion_full.png" in md and "samples.png" in md
+    assert "accuracy.png" in md and "confusion_full.png" in md and "samples.png" in md and "## Deployment" in md
 
     # The exported student, run by ONNX Runtime on the real test split, scores what the report says.
     meta = read_metadata(out / "student.onnx")
