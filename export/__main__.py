@@ -125,6 +125,8 @@ def cmd_bench(args) -> None:
 
     paths = [_require_onnx(p) for p in args.models]
     report = benchmark(paths, args.batch_sizes, args.provider, threads=args.threads, budget_s=args.seconds)
+    if args.provider == "auto" and report.models[0].provider == "cpu":
+        print("note: CUDA is not usable on this machine; measured on the CPU", file=sys.stderr)
     print(format_table(report))
     if args.json:
         Path(args.json).write_text(report.model_dump_json(indent=2))

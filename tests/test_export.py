@@ -133,3 +133,6 @@ def test_cli_round_trip(tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads((tmp_path / "b.json").read_text())
     assert [t["batch_size"] for t in data["models"][0]["timings"]] == [1, 4]
+    if not torch.cuda.is_available():  # the default provider falls back to the CPU and says so
+        proc = _cli("bench", str(tmp_path / "o" / "student.onnx"), "--batch-sizes", "2", "--seconds", "0.1")
+        assert proc.returncode == 0 and "measured on the CPU" in proc.stderr and " cpu " in proc.stdout, proc.stderr
