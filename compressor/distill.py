@@ -127,6 +127,14 @@ def load_eval_data(cfg: RunConfig) -> LabelledData | None:
     return data
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Module, clip: float | None) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        nn.utils.clip_grad_norm_(module.parameters(), clip)
+    opt.step()
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically, so a crash mid-save never leaves a truncated checkpoint behind."""
     tmp = path.with_suffix(".tmp")
@@ -279,7 +287,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     last_eval_acc: float | None = None
     first_diversity: float | None = None
     step = start_step
-    synth_time = 0.0
+    synth_time, synthesised = 0.0, 0  # this session's training time and images drawn from the generator
     try:
         for step in range(start_step, cfg.steps):
             if stop_at_step is not None and step >= stop_at_step:
@@ -294,11 +302,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                 z = noise()
                 with amp():
                     loss_g, logs_g = method.generator_loss(SynthBatch(z, generator(z)))
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(generator.parameters(), cfg.grad_clip)
-                opt_g.step()
+                optimizer_step(opt_g, loss_g, generator, cfg.grad_clip)
+                synthesised += len(z)
                 logs.update(logs_g)
             student.requires_grad_(True)
 
@@ -310,11 +315,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                     images = generator(z)
                 with amp():
                     loss_s, logs_s = method.student_loss(SynthBatch(z, images.detach()))
-                opt_s.zero_grad(set_to_none=True)
-                loss_s.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-                opt_s.step()
+                optimizer_step(opt_s, loss_s, student, cfg.grad_clip)
+                synthesised += len(z)
                 logs.update(logs_s)
             sched_s.step()
             sched_g.step()
@@ -446,9 +448,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         "steps": cfg.steps,
         "student_updates": cfg.steps * cfg.student_steps,
         "batch_size": cfg.batch_size,
-        "images_synthesised": cfg.steps * cfg.batch_size * (cfg.student_steps + cfg.generator_steps),
-        "images_per_second": cfg.steps * cfg.batch_size * (cfg.student_steps + cfg.generator_steps) / max(synth_time, 1e-9)
-        if start_step == 0 else None,
+        "images_synthesised": synthesised if start_step == 0 else None,
+        "images_per_second": synthesised / max(synth_time, 1e-9) if start_step == 0 else None,
         "wall_seconds": wall,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "dataset": cfg.eval.dataset,
