@@ -224,7 +224,6 @@ def _load_npz(path: Path, size: int, channels: int) -> LabelledData:
     if images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
         images = images.transpose(0, 2, 3, 1)
     t = _from_uint8_hwc(images) if images.dtype == np.uint8 else torch.from_numpy(images.astype(np.float32)).permute(0, 3, 1, 2)
-    t = _match_channels(_resize(t, size), channels)
     labels_t = torch.from_numpy(labels.astype(np.int64))
     names = [str(c) for c in blob["class_names"]] if "class_names" in blob else [str(i) for i in range(int(labels_t.max()) + 1)]
     return LabelledData(path.stem, names, None, Split(t, labels_t))

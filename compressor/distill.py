@@ -250,8 +250,9 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
 
     teacher_acc: dict = {}
+    teacher_pred: torch.Tensor | None = None  # kept for the teacher's confusion matrix: the teacher never changes
     if data is not None:
-        t_top1, t_top5, _ = evaluate_splits(teacher, data.test, split_indices, t.mean, t.std, device)
+        t_top1, t_top5, teacher_pred = evaluate_splits(teacher, data.test, split_indices, t.mean, t.std, device)
         teacher_acc = {"top1": t_top1, "top5": t_top5}
 
     def checkpoint_state(step: int) -> dict:
@@ -397,10 +398,9 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     if data is not None:
         s_top1, s_top5, s_pred = evaluate_splits(student, data.test, split_indices, t.mean, t.std, device)
         student_acc = {"top1": s_top1, "top5": s_top5}
-        _, _, t_pred = evaluate_splits(teacher, data.test, {"full": split_indices["full"]}, t.mean, t.std, device)
         confusions = {
             "student": confusion_matrix(s_pred, data.test.labels, t.num_classes),
-            "teacher": confusion_matrix(t_pred, data.test.labels, t.num_classes),
+            "teacher": confusion_matrix(teacher_pred, data.test.labels, t.num_classes),
         }
 
     generator.eval()
