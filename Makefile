@@ -4,7 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: install demo test
+PORT ?= 3000
+
+.PHONY: install demo test serve
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,3 +21,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The service on 127.0.0.1:$(PORT), serving the demo's student unless COMPRESSOR_MODEL names another ONNX file.
+runs/demo/student.onnx:
+	$(MAKE) demo
+
+serve: install $(if $(COMPRESSOR_MODEL),,runs/demo/student.onnx)
+	$(VENV)/bin/bentoml serve serving.service:Compressor --host 127.0.0.1 --port $(PORT)

@@ -81,11 +81,13 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], nn.Module | N
         raise
     except Exception as exc:  # weights_only refuses code; anything else is an unreadable file
         text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
+        if "Unsupported global" in text or "GLOBAL" in text:
             raise CompressorError(
                 f"{path} is a pickled Python object, not a state dict or TorchScript archive; refusing to load it "
                 "(save with torch.save(model.state_dict(), path) or torch.jit.save)"
             ) from None
+        if "Weights only load failed" in text:
+            raise CompressorError(f"{path} is not a PyTorch checkpoint (torch.save state dict) or TorchScript archive") from None
         raise CompressorError(f"cannot read teacher checkpoint {path}: {text.splitlines()[0] if text else exc!r}") from None
     return _unwrap_state_dict(obj), None
 

@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,3 +22,12 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
         [sys.executable, "-m", "compressor", *args],
         cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """One shortened `python -m compressor demo` per test session: its teacher, student and report are shared."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    proc = run_cli("demo", "--out", str(out), "--steps", "50", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return out

@@ -6,13 +6,10 @@ import numpy as np
 from compressor.data import load_digits
 from compressor.evaluate import normalise
 from export.onnx import cpu_session, read_metadata
-from tests.conftest import run_cli
 
 
-def test_short_demo_distills_a_useful_student(tmp_path):
-    out = tmp_path / "demo"
-    proc = run_cli("demo", "--out", str(out), "--steps", "50", "--quiet")
-    assert proc.returncode == 0, proc.stderr
+def test_short_demo_distills_a_useful_student(demo_run):
+    out = demo_run
     report = json.loads((out / "report.json").read_text())
     teacher_acc, student_acc = report["teacher"]["accuracy"]["full"], report["student"]["accuracy"]["full"]
     assert teacher_acc > 0.95

@@ -1,0 +1,1 @@
+"""The BentoML service: classification with a distilled student, and compression jobs."""

@@ -1,0 +1,300 @@
+"""The HTTP routes: /classify, /models, /models/select and /compress/{submit,status,get,cancel,jobs}.
+
+They are a Starlette app mounted into the BentoML service rather than `@bentoml.api` methods because BentoML's
+own file parameters were unsafe or fragile here: a JSON string in a `Path` field reaches the API as a server
+file path, an optional or list-typed upload fails validation, and a text value in a file field makes the
+server fetch it as a URL. Parsing the body ourselves gives every bad input a 4xx with a JSON body. Batching is
+still BentoML's: classification calls the batchable model runner service.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import shutil
+from typing import Awaitable, Callable
+
+import anyio
+import numpy as np
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from serving.images import ImageRejected, decode_image, to_model_input
+from serving.jobs import DOWNLOADABLE, FINISHED, JobStore
+from serving.models import ModelCatalog, ModelSpec, UnknownModel
+from serving.schemas import ClassifyJSON, ClassifyResponse, JobOptions, ModelListing, Prediction, SelectModel, Submitted
+from serving.settings import ServingSettings
+
+log = logging.getLogger("serving")
+Predict = Callable[[np.ndarray], Awaitable[np.ndarray]]
+FIELD_LIMIT = 1024 * 1024
+
+
+def error(status: int, message: str, detail: list | dict | None = None) -> JSONResponse:
+    body = {"error": message}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)
+
+
+def validation_detail(exc: ValidationError) -> list[dict]:
+    return exc.errors(include_url=False, include_context=False, include_input=False)
+
+
+async def read_form(request: Request, max_files: int):
+    try:
+        return await request.form(max_files=max_files, max_fields=64, max_part_size=FIELD_LIMIT)
+    except MultiPartException as exc:
+        raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
+
+
+def _field_value(raw: str):
+    """Form fields arrive as text: numbers and JSON literals are parsed, anything else stays a string."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+# ---------------------------------------------------------------- classification
+
+
+async def _image_payloads(request: Request, s: ServingSettings) -> tuple[list[bytes], int]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await read_form(request, max_files=s.max_images)
+        uploads, top_k = [], 5
+        for key, value in form.multi_items():
+            if key in ("image", "images"):
+                if not isinstance(value, UploadFile):
+                    raise HTTPException(400, f"field {key!r} must be a file upload (curl -F {key}=@file.png)")
+                uploads.append(await value.read())
+            elif key == "top_k":
+                top_k = _field_value(value) if isinstance(value, str) else None
+                if not isinstance(top_k, int) or isinstance(top_k, bool):
+                    raise HTTPException(400, "top_k must be an integer")
+            else:
+                raise HTTPException(400, f"unknown field {key!r}: send 'image' (one or more files) and optionally 'top_k'")
+        if not uploads:
+            raise HTTPException(400, "no image: send a file in the 'image' field")
+        return uploads, top_k
+    if ctype == "application/json":
+        try:
+            payload = ClassifyJSON.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise HTTPException(400, json.dumps({"error": "invalid JSON body: expected {\"images\": [base64, …], "
+                                                          "\"top_k\": k}", "detail": validation_detail(exc)})) from None
+        images = []
+        for i, text in enumerate(payload.images):
+            try:
+                images.append(base64.b64decode(text.split(",", 1)[-1] if text.startswith("data:") else text, validate=True))
+            except (binascii.Error, ValueError):
+                raise HTTPException(400, f"images[{i}] is not valid base64") from None
+        return images, payload.top_k
+    body = await request.body()
+    if body and (ctype.startswith("image/") or ctype == "application/octet-stream"):
+        return [body], int(request.query_params.get("top_k", 5))
+    raise HTTPException(415, "send multipart/form-data with an 'image' file, JSON {\"images\": [base64, …]}, "
+                             "or the image bytes with an image/* content type")
+
+
+def _prepare(blobs: list[bytes], spec: ModelSpec, max_pixels: int) -> np.ndarray:
+    arrays = []
+    for i, blob in enumerate(blobs):
+        try:
+            image = decode_image(blob, max_pixels)
+        except ImageRejected as exc:
+            raise ImageRejected(f"image {i}: {exc}" if len(blobs) > 1 else str(exc), exc.status) from None
+        arrays.append(to_model_input(image, spec.input_size, spec.channels, spec.mean, spec.std))
+    return np.stack(arrays)
+
+
+def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
+    catalog = ModelCatalog(settings)
+    store = JobStore(settings.jobs_dir)
+
+    async def classify(request: Request) -> Response:
+        blobs, top_k = await _image_payloads(request, settings)
+        if len(blobs) > settings.max_images:
+            return error(413, f"{len(blobs)} images in one request; the limit is {settings.max_images}")
+        if not 0 < top_k <= settings.max_top_k:
+            return error(400, f"top_k must be between 1 and {settings.max_top_k}")
+        try:
+            spec = catalog.served_spec()
+        except UnknownModel as exc:
+            return error(503, f"no model to serve: {exc}")
+        try:
+            batch = await anyio.to_thread.run_sync(_prepare, blobs, spec, settings.max_pixels)
+        except ImageRejected as exc:
+            return error(exc.status, str(exc))
+        probs = []
+        for start in range(0, len(batch), settings.max_batch_size):
+            try:
+                probs.append(np.asarray(await predict(batch[start : start + settings.max_batch_size])))
+            except Exception as exc:  # overloaded (batch deadline passed), still loading, or swapping models
+                log.warning("model runner failed: %s", exc)
+                response = error(503, "the model runner could not answer in time (overloaded, loading or "
+                                      "switching models); retry shortly")
+                response.headers["Retry-After"] = "1"
+                return response
+        probs = np.concatenate(probs)
+        k = min(top_k, probs.shape[1])
+        names = spec.class_names or [str(i) for i in range(probs.shape[1])]
+        predictions = []
+        for row in probs:
+            order = np.argsort(-row)[:k]
+            predictions.append([Prediction(index=int(j), label=names[j] if j < len(names) else str(j),
+                                           probability=float(row[j])) for j in order])
+        return JSONResponse(ClassifyResponse(model=spec.id, predictions=predictions).model_dump())
+
+    # ------------------------------------------------------------ models
+
+    async def list_models(request: Request) -> Response:
+        served_id, served_path = catalog.served()
+        available = await anyio.to_thread.run_sync(catalog.available)
+        served = next((m for m in available if m.served), None)
+        if served is None and served_path.is_file():
+            served = catalog.info(served_id, served_path, True)
+        return JSONResponse(ModelListing(served=served, available=available).model_dump())
+
+    async def select_model(request: Request) -> Response:
+        try:
+            choice = SelectModel.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return error(400, "invalid JSON body: expected {\"model_id\": \"default\" or a job id}", validation_detail(exc))
+        try:
+            info = await anyio.to_thread.run_sync(catalog.select, choice.model_id)
+        except UnknownModel as exc:
+            return error(404, str(exc))
+        return JSONResponse(info.model_dump())
+
+    # ------------------------------------------------------------ compression jobs
+
+    def _job_or_404(request: Request):
+        job_id = request.query_params.get("job_id") or request.query_params.get("task_id")
+        if not job_id:
+            raise HTTPException(400, "job_id query parameter is required")
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"unknown job id {job_id!r}")
+        return job
+
+    def _validate_teacher(path, options: JobOptions) -> None:
+        """Load the upload exactly as the job will (weights_only) and size its student, so a bad file is a 400 now."""
+        from compressor.errors import CompressorError
+        from compressor.model_stats import count_params
+        from compressor.students import plan_student
+        from compressor.teachers import load_teacher
+
+        try:
+            teacher = load_teacher(path, options.arch)
+            plan_student(options.student, options.ratio, count_params(teacher.model), teacher.num_classes,
+                         teacher.in_channels, options.input_size or 32)
+        except CompressorError as exc:
+            raise HTTPException(400, str(exc).replace(str(path), "the uploaded teacher")) from None
+        except Exception as exc:  # anything torch cannot make sense of is still the upload's fault
+            raise HTTPException(400, f"cannot load the teacher checkpoint: {type(exc).__name__}: {exc}") from None
+
+    async def submit(request: Request) -> Response:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "multipart/form-data":
+            return error(415, "send multipart/form-data: a 'teacher' file and 'ratio' (plus options)")
+        form = await read_form(request, max_files=1)
+        teacher = form.get("teacher")
+        if not isinstance(teacher, UploadFile):
+            return error(400, "the 'teacher' field must be a checkpoint file upload (curl -F teacher=@model.pth)")
+        fields: dict = {}
+        for key, value in form.multi_items():
+            if key == "teacher":
+                continue
+            if not isinstance(value, str):
+                return error(400, f"field {key!r} must be a value, not a file")
+            if key == "options":
+                parsed = _field_value(value)
+                if not isinstance(parsed, dict):
+                    return error(400, "'options' must be a JSON object")
+                fields.update(parsed)
+            else:
+                fields[key] = _field_value(value)
+        try:
+            options = JobOptions.model_validate(fields)
+        except ValidationError as exc:
+            return error(400, "invalid job options", validation_detail(exc))
+        if options.steps and options.steps > settings.max_job_steps:
+            return error(400, f"steps={options.steps} exceeds this server's limit of {settings.max_job_steps}")
+        job_id, folder = store.new_job_dir()
+        try:
+            def save() -> None:
+                with store.teacher_path(job_id).open("wb") as out:
+                    shutil.copyfileobj(teacher.file, out, 1024 * 1024)
+
+            await anyio.to_thread.run_sync(save)
+            await anyio.to_thread.run_sync(_validate_teacher, store.teacher_path(job_id), options)
+            job = store.create(job_id, options)
+        except BaseException:
+            store.discard_job_dir(job_id)
+            raise
+        return JSONResponse(Submitted(job_id=job.job_id, status=job.status).model_dump(), status_code=202)
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(_job_or_404(request).model_dump())
+
+    async def get_result(request: Request) -> Response:
+        job = _job_or_404(request)
+        name = request.query_params.get("artifact", "student.onnx")
+        if name not in DOWNLOADABLE:
+            return error(400, f"unknown artifact {name!r}; choose from {', '.join(DOWNLOADABLE)}")
+        if job.status != "succeeded":
+            reason = f": {job.error}" if job.error else ""
+            return error(409, f"job {job.job_id} is {job.status}{reason}; results exist only for succeeded jobs")
+        path = store.artifact_path(job.job_id, name)
+        if not path.is_file():
+            return error(404, f"job {job.job_id} has no {name}")
+        media = {"json": "application/json", "md": "text/markdown", "png": "image/png"}.get(path.suffix[1:], "application/octet-stream")
+        return FileResponse(path, media_type=media, filename=name)
+
+    async def cancel(request: Request) -> Response:
+        job = _job_or_404(request)
+        if job.status in FINISHED:
+            return error(409, f"job {job.job_id} already {job.status}")
+        return JSONResponse(store.request_cancel(job.job_id).model_dump())
+
+    async def list_jobs(request: Request) -> Response:
+        return JSONResponse({"jobs": [j.model_dump() for j in store.list(limit=100)]})
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        try:
+            body = json.loads(exc.detail)
+            if isinstance(body, dict) and "error" in body:
+                return JSONResponse(body, status_code=exc.status_code)
+        except (TypeError, ValueError):
+            pass
+        return error(exc.status_code, str(exc.detail))
+
+    async def disconnected(request: Request, exc: ClientDisconnect) -> Response:
+        return error(400, "the request body ended early")
+
+    async def crashed(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return error(500, "internal error; the server log has the details")
+
+    return Starlette(
+        routes=[
+            Route("/classify", classify, methods=["POST"]),
+            Route("/models", list_models, methods=["GET"]),
+            Route("/models/select", select_model, methods=["POST"]),
+            Route("/compress/submit", submit, methods=["POST"]),
+            Route("/compress/status", status, methods=["GET"]),
+            Route("/compress/get", get_result, methods=["GET"]),
+            Route("/compress/cancel", cancel, methods=["POST", "PUT"]),
+            Route("/compress/jobs", list_jobs, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error, ClientDisconnect: disconnected, Exception: crashed},
+    )

@@ -1,0 +1,135 @@
+"""Every payload the HTTP API reads or writes, as pydantic models (the OpenAPI contract in one place)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- classification
+
+
+class ClassifyJSON(Strict):
+    """JSON body of /classify: one or more base64-encoded image files (PNG, JPEG, any Pillow format)."""
+
+    images: list[str] = Field(min_length=1)
+    top_k: int = Field(5, gt=0)
+
+
+class Prediction(BaseModel):
+    index: int
+    label: str
+    probability: float
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    predictions: list[list[Prediction]]  # one top-k list per image, in request order
+
+
+# ---------------------------------------------------------------- models
+
+
+class ModelInfo(BaseModel):
+    id: str  # "default" for the configured model, else the id of the job that produced it
+    path: str
+    served: bool
+    params: int | None = None
+    accuracy: float | None = None
+    method: str | None = None
+    teacher_sha256: str | None = None
+    input_size: int | None = None
+    channels: int | None = None
+    class_names: list[str] = []
+
+
+class ModelListing(BaseModel):
+    served: ModelInfo | None
+    available: list[ModelInfo]
+
+
+class SelectModel(Strict):
+    model_id: str = Field(min_length=1, max_length=64)
+
+
+# ---------------------------------------------------------------- compression jobs
+
+
+class JobOptions(Strict):
+    """What a submission may set: the compressor's CLI options that make sense on a server."""
+
+    ratio: float = Field(gt=0, lt=1)
+    method: Literal["default", "dfad"] = "default"
+    preset: Literal["default", "seed", "paper"] = "default"
+    student: Literal["resnet", "mobilenet"] = "resnet"
+    steps: int | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=1, le=1024)
+    lr: float | None = Field(None, gt=0, le=10)
+    generator_lr: float | None = Field(None, gt=0, le=10)
+    eval_every: int | None = Field(None, gt=0)
+    seed: int | None = Field(None, ge=0)
+    arch: str | None = Field(None, description="a registry name; custom code (package.module:factory) is refused here")
+    dataset: Literal["digits", "cifar10", "cifar100"] | None = Field(
+        None, description="evaluation data for the report; cifar needs the server's torchvision copy (no download)")
+    input_size: int | None = Field(None, gt=0, le=1024)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _registry_only(cls, v: str | None) -> str | None:
+        if v is not None and (":" in v or "/" in v):
+            raise ValueError("only registry architectures are accepted over HTTP (no custom code)")
+        return v
+
+    def cli_args(self) -> list[str]:
+        """The same options as `python -m compressor` flags, so a job is exactly a CLI run."""
+        args = ["--ratio", repr(self.ratio), "--method", self.method, "--preset", self.preset, "--student", self.student]
+        for name in ("steps", "batch_size", "lr", "generator_lr", "eval_every", "seed", "arch", "dataset", "input_size"):
+            value = getattr(self, name)
+            if value is not None:
+                args += ["--" + name.replace("_", "-"), str(value)]
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                args += ["--" + name, ",".join(repr(v) for v in value)]
+        return args
+
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobProgress(BaseModel):
+    step: int = 0
+    total_steps: int | None = None
+    losses: dict[str, float] = {}
+    best_accuracy: float | None = None  # on the job's evaluation data, if it has any
+    best_selection_score: float | None = None  # data-free: agreement with the teacher on held-out synthetic images
+
+
+class JobView(BaseModel):
+    job_id: str
+    status: JobState
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    options: JobOptions
+    progress: JobProgress
+    error: str | None = None
+    notes: list[str] = []
+    cancel_requested: bool = False
+    artifacts: list[str] = []
+
+
+class Submitted(BaseModel):
+    job_id: str
+    status: JobState
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: list | dict | None = None

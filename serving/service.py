@@ -1,0 +1,128 @@
+"""The BentoML deployable: `bentoml serve serving.service:Compressor`.
+
+Two services, each in its own process:
+- `ModelRunner` holds the ONNX Runtime session and exposes one batchable `predict`, so BentoML's adaptive
+  batching merges concurrent classification requests into one ONNX call.
+- `Compressor` is the HTTP front (routes in `serving/routes.py`, auth and size limits in `serving/guards.py`).
+  It starts the job worker (`serving/worker.py`) as a separate process, so training never slows classification
+  down more than the CPU it shares.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import threading
+import warnings
+
+import bentoml
+import numpy as np
+
+from serving.guards import Gatekeeper
+from serving.models import ModelCatalog, load_spec
+from serving.routes import make_app
+from serving.settings import settings
+
+log = logging.getLogger("serving")
+SETTINGS = settings()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@bentoml.service(workers=1, threads=2)
+class ModelRunner:
+    """The served ONNX model; it follows the served-model pointer, so a selection needs no restart."""
+
+    def __init__(self) -> None:
+        self.catalog = ModelCatalog(SETTINGS)
+        self.lock = threading.Lock()
+        self.loaded: tuple[str, str, int] | None = None  # (model id, path, mtime) of the open session
+        self.session = None
+        self.provider = None
+        threading.Thread(target=self._refresh, daemon=True).start()  # probes answer while the model loads
+
+    def __is_ready__(self) -> bool:
+        return self.session is not None
+
+    def _refresh(self):
+        model_id, path = self.catalog.served()
+        try:
+            key = (model_id, str(path), path.stat().st_mtime_ns)
+        except OSError:
+            return None
+        with self.lock:
+            if key != self.loaded:
+                from export.providers import make_session
+
+                load_spec(model_id, path)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    session, provider = make_session(path, SETTINGS.provider, threads=2)
+                self.session, self.provider, self.loaded = session, provider, key
+                log.info("serving model %s from %s on %s", model_id, path, provider)
+            return self.session
+
+    @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        session = self._refresh() or self.session
+        if session is None:
+            raise bentoml.exceptions.ServiceUnavailable("no model loaded")
+        expected = session.get_inputs()[0].shape[1:]
+        if list(images.shape[1:]) != [int(d) for d in expected]:
+            raise bentoml.exceptions.BadInput(f"input shape {images.shape[1:]} does not fit the served model {expected}")
+        logits = session.run(None, {session.get_inputs()[0].name: images.astype(np.float32, copy=False)})[0]
+        return _softmax(logits).astype(np.float32)
+
+
+async def _predict(batch: np.ndarray, attempts: int = 3) -> np.ndarray:
+    """Call the runner; retry a dropped connection (a reused keep-alive socket the runner just closed).
+
+    `predict` has no side effects, so repeating it is safe; a clear refusal (bad input) is not retried.
+    """
+    for attempt in range(attempts):
+        try:
+            return await bentoml.get_current_service().runner.to_async.predict(batch)
+        except bentoml.exceptions.BadInput:
+            raise
+        except Exception as exc:
+            if attempt == attempts - 1:
+                raise
+            log.info("runner call failed (%s); retrying", exc)
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+@bentoml.asgi_app(make_app(SETTINGS, _predict), path="/")
+@bentoml.service(workers=1, traffic={"timeout": 300})
+class Compressor:
+    """The HTTP front: /classify, /models, /compress/*; the job worker is its child process."""
+
+    runner = bentoml.depends(ModelRunner)
+
+    def __init__(self) -> None:
+        SETTINGS.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "serving.worker", "--jobs-dir", str(SETTINGS.jobs_dir), "--parent-pid", str(os.getpid())],
+        )
+
+    def __is_ready__(self) -> bool:
+        return self.worker.poll() is None
+
+    @bentoml.on_shutdown
+    def stop_worker(self) -> None:
+        """A clean stop lets the running job write its checkpoint; it resumes at the next start."""
+        if self.worker.poll() is None:
+            self.worker.terminate()
+            try:
+                self.worker.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+
+
+Compressor.add_asgi_middleware(Gatekeeper)

@@ -1,0 +1,60 @@
+"""Operator configuration, read from environment variables so the same bento runs anywhere.
+
+Every variable has a default that works on a laptop; `README.md` lists them. The settings are read once per
+process (the HTTP front, the model runner and the job worker each read the same environment).
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "COMPRESSOR_"
+MB = 1024 * 1024
+
+
+class ServingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: Path = Field(Path("runs/demo/student.onnx"), description="ONNX model served when no job's student was selected")
+    jobs_dir: Path = Field(Path("runs/jobs"), description="SQLite job table, one folder per job, the served-model pointer")
+    token: str | None = Field(None, description="bearer token for compression and model selection; unset = disabled")
+    max_request_mb: float = Field(20.0, gt=0, description="largest request body outside compression submissions")
+    max_teacher_mb: float = Field(1024.0, gt=0, description="largest teacher upload")
+    max_pixels: int = Field(40_000_000, gt=0, description="images with more pixels are refused (decompression bombs)")
+    max_images: int = Field(64, gt=0, description="images per classification request")
+    max_top_k: int = Field(100, gt=0)
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    batching: bool = Field(True, description="BentoML adaptive batching of classification requests")
+    max_batch_size: int = Field(64, gt=0)
+    max_latency_ms: int = Field(5000, gt=0, description="batching deadline: a request queued longer is shed with 503")
+    job_device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_job_steps: int = Field(20_000, gt=0, description="upper bound on a submitted job's --steps")
+    job_resume_attempts: int = Field(3, ge=0, description="how often a job interrupted by a server stop is resumed")
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * MB)
+
+    @property
+    def max_teacher_bytes(self) -> int:
+        return int(self.max_teacher_mb * MB)
+
+
+def read_settings(environ: dict[str, str] | None = None) -> ServingSettings:
+    """Map COMPRESSOR_<FIELD> variables onto the settings; pydantic turns strings into their types."""
+    env = os.environ if environ is None else environ
+    values = {}
+    for name in ServingSettings.model_fields:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = raw
+    return ServingSettings(**values)
+
+
+@lru_cache(maxsize=1)
+def settings() -> ServingSettings:
+    return read_settings()

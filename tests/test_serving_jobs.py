@@ -1,0 +1,97 @@
+"""The persistent job store and the worker's progress reader, on real SQLite files and real run folders."""
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from compressor.__main__ import build_parser, config_from_args
+from serving.jobs import JobStore
+from serving.schemas import JobOptions
+from serving.worker import MetricsTail
+
+
+def new_job(store: JobStore, **options) -> str:
+    job_id, _ = store.new_job_dir()
+    store.create(job_id, JobOptions(ratio=0.1, **options))
+    return job_id
+
+
+def test_lifecycle_survives_reopening(tmp_path):
+    store = JobStore(tmp_path)
+    first, second = new_job(store), new_job(store, steps=7)
+    assert store.get(first).status == "queued"
+    claimed = store.claim_next()
+    assert claimed.job_id == first and claimed.status == "running" and claimed.started is not None
+    store.finish(first, "succeeded")
+    reopened = JobStore(tmp_path)  # a new process sees the same table
+    assert reopened.get(first).status == "succeeded" and reopened.get(first).finished is not None
+    assert reopened.get(second).options.steps == 7
+    assert [j.job_id for j in reopened.list()] == [second, first]
+    assert reopened.claim_next().job_id == second and reopened.claim_next() is None
+
+
+def test_unknown_and_malformed_ids_are_none(tmp_path):
+    store = JobStore(tmp_path)
+    assert store.get("0" * 32) is None
+    assert store.get("../../etc/passwd") is None and store.get("x' OR 1=1 --") is None
+
+
+def test_cancel_queued_is_immediate_and_running_is_flagged(tmp_path):
+    store = JobStore(tmp_path)
+    running, queued = new_job(store), new_job(store)
+    store.claim_next()
+    assert store.request_cancel(queued).status == "cancelled"
+    view = store.request_cancel(running)
+    assert view.status == "running" and view.cancel_requested and store.cancel_requested(running)
+
+
+def test_interrupted_jobs_are_requeued_then_given_up(tmp_path):
+    store = JobStore(tmp_path)
+    job = new_job(store)
+    (store.run_dir(job) / "checkpoints").mkdir(parents=True)
+    (store.run_dir(job) / "checkpoints" / "last.pt").write_bytes(b"x")
+    for attempt in range(2):
+        assert store.claim_next().job_id == job  # the worker starts it ... and the server dies
+        assert store.recover_interrupted(max_attempts=2) == [job]
+        view = store.get(job)
+        assert view.status == "queued" and "resume from its checkpoint" in view.notes[-1]
+    store.claim_next()
+    assert store.recover_interrupted(max_attempts=2) == []
+    view = store.get(job)
+    assert view.status == "failed" and "interrupted by a server stop 3 times" in view.error
+
+
+def test_metrics_tail_reads_only_complete_lines(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"steps": 40}))
+    tail = MetricsTail(run)
+    assert tail.poll() is None
+    with (run / "metrics.jsonl").open("w") as f:
+        f.write(json.dumps({"step": 1, "g_bn": 3.0, "s_loss": 1.0, "lr": 0.1}) + "\n")
+        f.write(json.dumps({"step": 2, "s_loss": 0.5, "eval": {"accuracy": 0.4, "selection_score": 0.6}}) + "\n")
+        f.write('{"step": 3, "s_lo')  # being written
+    p = tail.poll()
+    assert p.step == 2 and p.total_steps == 40 and p.losses == {"s_loss": 0.5}
+    assert p.best_accuracy == 0.4 and p.best_selection_score == 0.6
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('ss": 0.2, "eval": {"accuracy": 0.3}}\n')
+    p = tail.poll()
+    assert p.step == 3 and p.best_accuracy == 0.4  # the best so far, not the latest
+
+
+def test_job_options_are_exactly_compressor_flags(tmp_path):
+    options = JobOptions(ratio=0.25, method="dfad", student="mobilenet", steps=12, batch_size=32, lr=0.05,
+                         seed=3, dataset="digits", mean=(0.5,), std=(0.25,))
+    args = build_parser().parse_args(["--teacher", "t.pth", "--out", str(tmp_path / "r"), *options.cli_args()])
+    cfg = config_from_args(args)
+    assert cfg.student.ratio == 0.25 and cfg.method.name == "dfad" and cfg.student.family == "mobilenet"
+    assert cfg.steps == 12 and cfg.batch_size == 32 and cfg.student_optim.lr == 0.05 and cfg.seed == 3
+    assert cfg.eval.dataset == "digits" and cfg.teacher.mean == (0.5,) and cfg.teacher.std == (0.25,)
+
+
+@pytest.mark.parametrize("bad", [{"ratio": 0}, {"ratio": 1.0}, {"ratio": "lots"}, {"ratio": 0.1, "arch": "evil.module:factory"},
+                                 {"ratio": 0.1, "dataset": "/etc"}, {"ratio": 0.1, "surprise": 1}])
+def test_bad_options_are_refused(bad):
+    with pytest.raises(ValidationError):
+        JobOptions.model_validate(bad)
