@@ -81,7 +81,9 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], nn.Module | N
         raise
     except Exception as exc:  # weights_only refuses code; anything else is an unreadable file
         text = str(exc)
-        if "Unsupported global" in text or "GLOBAL" in text:
+        with open(path, "rb") as f:
+            raw_pickle = f.read(1) == b"\x80"  # pickle's PROTO opcode: a plain pickle, not torch.save's zip
+        if "Unsupported global" in text or "GLOBAL" in text or raw_pickle:
             raise CompressorError(
                 f"{path} is a pickled Python object, not a state dict or TorchScript archive; refusing to load it "
                 "(save with torch.save(model.state_dict(), path) or torch.jit.save)"

@@ -100,7 +100,10 @@ async def _image_payloads(request: Request, s: ServingSettings) -> tuple[list[by
         return images, payload.top_k
     body = await request.body()
     if body and (ctype.startswith("image/") or ctype == "application/octet-stream"):
-        return [body], int(request.query_params.get("top_k", 5))
+        top_k = _field_value(request.query_params.get("top_k", "5"))
+        if not isinstance(top_k, int) or isinstance(top_k, bool):
+            raise HTTPException(400, "top_k must be an integer")
+        return [body], top_k
     raise HTTPException(415, "send multipart/form-data with an 'image' file, JSON {\"images\": [base64, …]}, "
                              "or the image bytes with an image/* content type")
 

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from serving.jobs import JobStore
@@ -106,15 +107,17 @@ class Worker:
         with self.store.log_path(job.job_id).open("ab") as log:
             proc = subprocess.Popen(self.command(job), stdout=log, stderr=subprocess.STDOUT, env=env,
                                     preexec_fn=_die_with_parent, start_new_session=True)
-            cancelling = False
+            interrupted_at: float | None = None
             while proc.poll() is None:
                 self.stopping.wait(POLL_SECONDS)
                 progress = tail.poll()
                 if progress is not None:
                     self.store.set_progress(job.job_id, progress)
-                if not cancelling and (self.should_stop() or self.store.cancel_requested(job.job_id)):
-                    cancelling = True
+                if interrupted_at is None and (self.should_stop() or self.store.cancel_requested(job.job_id)):
+                    interrupted_at = time.monotonic()
                     proc.send_signal(signal.SIGINT)
+                elif interrupted_at is not None and time.monotonic() - interrupted_at > GRACE_SECONDS:
+                    proc.kill()  # it had its chance to checkpoint; the periodic checkpoint remains
             rc = proc.returncode
         progress = tail.poll()
         if progress is not None:
@@ -159,15 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     jobs_dir = Path(args.jobs_dir)
     jobs_dir.mkdir(parents=True, exist_ok=True)
-    lock = (jobs_dir / "worker.lock").open("w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"worker: another worker already serves {jobs_dir}", flush=True)
-        return 0
     worker = Worker(jobs_dir, args.parent_pid, settings.job_device, settings.job_resume_attempts)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: worker.stopping.set())
+    # One worker per jobs folder. A previous worker may still be checkpointing its job (a restarted front):
+    # wait for its lock rather than leave the queue without a worker.
+    lock = (jobs_dir / "worker.lock").open("w")
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if worker.should_stop():
+                return 0
+            worker.stopping.wait(1.0)
     worker.serve()
     return 0
 

@@ -11,80 +11,29 @@ import io
 import json
 import os
 import pickle
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 from PIL import Image
 
 from compressor.data import load_digits
 from export.onnx import cpu_session, read_metadata
 from compressor.evaluate import normalise
-from tests.conftest import ROOT
+from serving.local import LocalServer
 
 TOKEN = "test-token-3f9a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`bentoml serve serving.service:Compressor` as an operator would start it, configured by environment."""
-
-    def __init__(self, workdir: Path, model: Path, token: str | None = TOKEN, **extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "BENTOML_DO_NOT_TRACK": "True",
-               "BENTOML_HOME": str(workdir / "bentoml_home"), "COMPRESSOR_MODEL": str(model),
-               "COMPRESSOR_JOBS_DIR": str(workdir / "jobs"), "COMPRESSOR_MAX_REQUEST_MB": "2",
-               "COMPRESSOR_MAX_TEACHER_MB": "5", "COMPRESSOR_JOB_DEVICE": "cpu", **extra}
-        env.pop("COMPRESSOR_TOKEN", None)
-        if token:
-            env["COMPRESSOR_TOKEN"] = token
-        self.log = (workdir / f"server-{self.port}.log").open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "serving.service:Compressor", "--host", "127.0.0.1",
-             "--port", str(self.port)], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            assert self.proc.poll() is None, Path(self.log.name).read_text()[-3000:]
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError("server not ready:\n" + Path(self.log.name).read_text()[-3000:])
-
-    def stop(self) -> None:
-        """Ctrl-C, as an operator stops it: the worker checkpoints its job and exits."""
-        os.killpg(self.proc.pid, signal.SIGINT)
-        self.proc.wait(timeout=120)
-
-    def crash(self) -> None:
-        """SIGKILL to every process the server started, the running compressor included: nothing gets to clean up."""
-        tree = psutil.Process(self.proc.pid)
-        for p in [tree, *tree.children(recursive=True)]:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.proc.wait(timeout=30)
+def start_server(workdir: Path, model: Path, token: str | None = TOKEN, **extra: str) -> LocalServer:
+    env = {"COMPRESSOR_MODEL": str(model), "COMPRESSOR_JOBS_DIR": str(workdir / "jobs"), "COMPRESSOR_MAX_REQUEST_MB": "2",
+           "COMPRESSOR_MAX_TEACHER_MB": "5", "COMPRESSOR_JOB_DEVICE": "cpu", **extra}
+    if token:
+        env["COMPRESSOR_TOKEN"] = token
+    return LocalServer(workdir, env)
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +43,9 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(workdir, demo_run):
-    srv = Server(workdir, demo_run / "student.onnx")
+    srv = start_server(workdir, demo_run / "student.onnx")
     yield srv
-    if srv.proc.poll() is None:
-        srv.stop()
+    srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +135,7 @@ def _bad_requests() -> list[tuple[str, dict, int, str]]:
         ("wrong field", {"files": {"picture": ("x.png", good, "image/png")}}, 400, "unknown field"),
         ("text in the file field", {"data": {"image": "/etc/passwd"}, "files": {"other": ("y", b"1")}}, 400, "file upload"),
         ("bad top_k", {"files": {"image": ("x.png", good)}, "data": {"top_k": "many"}}, 400, "top_k"),
+        ("top_k in the query", {"content": good, "headers": {"content-type": "image/png"}, "params": {"top_k": "x"}}, 400, "top_k"),
         ("top_k zero", {"json": {"images": [base64.b64encode(good).decode()], "top_k": 0}}, 400, "top_k"),
         ("wrong JSON", {"content": b"{bad json", "headers": {"content-type": "application/json"}}, 400, "invalid JSON"),
         ("JSON of wrong shape", {"json": {"images": "abc"}}, 400, "invalid JSON"),
@@ -313,14 +262,14 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
 def test_jobs_survive_a_crash_and_restarts(server, workdir, demo_run, digits_pngs):
     teacher = (demo_run / "teacher.pth").read_bytes()
 
-    def submit(srv: Server, **fields) -> str:
+    def submit(srv: LocalServer, **fields) -> str:
         r = httpx.post(srv.url + "/compress/submit", headers=AUTH, data={k: str(v) for k, v in fields.items()},
                        files={"teacher": ("digits_cnn.pth", teacher)}, timeout=60)
         assert r.status_code == 202, r.text
         assert r.json()["status"] == "queued"
         return r.json()["job_id"]
 
-    def status(srv: Server, job_id: str) -> dict:
+    def status(srv: LocalServer, job_id: str) -> dict:
         r = httpx.get(srv.url + f"/compress/status?job_id={job_id}", headers=AUTH)
         assert r.status_code == 200, r.text
         return r.json()
@@ -336,7 +285,7 @@ def test_jobs_survive_a_crash_and_restarts(server, workdir, demo_run, digits_png
     assert r.status_code == 409 and "running" in r.json()["error"]
 
     server.crash()  # everything dies at once, the compressor too
-    restarted = Server(workdir, demo_run / "student.onnx")
+    restarted = start_server(workdir, demo_run / "student.onnx")
     try:
         done = wait_for(lambda: (s := status(restarted, job))["status"] in ("succeeded", "failed") and s, 300, "the job")
         assert done["status"] == "succeeded", done
@@ -371,7 +320,7 @@ def test_jobs_survive_a_crash_and_restarts(server, workdir, demo_run, digits_png
         restarted.stop()
 
     # a server without a token keeps the finished job and the served choice, and refuses compression with a reason
-    tokenless = Server(workdir, demo_run / "student.onnx", token=None)
+    tokenless = start_server(workdir, demo_run / "student.onnx", token=None)
     try:
         listing = httpx.get(tokenless.url + "/models").json()
         assert listing["served"]["id"] == job and {m["id"] for m in listing["available"]} == {"default", job}

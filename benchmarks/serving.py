@@ -1,0 +1,106 @@
+"""Classification latency and throughput of the BentoML service, adaptive batching on and off.
+
+    python -m benchmarks.serving [--model runs/demo/student.onnx] [--requests 400] [--concurrency 1,8,32]
+
+Each configuration gets its own `bentoml serve` on 127.0.0.1; clients send one PNG per request (multipart, as
+`curl -F image=@x.png` does) from a thread pool. Latency is measured at the client, end to end.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import io
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from export.onnx import read_metadata
+from serving.local import LocalServer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sample_png(size: int, channels: int) -> bytes:
+    rng = np.random.default_rng(0)
+    shape = (size, size) if channels == 1 else (size, size, 3)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def mean_batch_size(url: str) -> float | None:
+    text = httpx.get(url + "/metrics").text
+    total = re.search(r'adaptive_batch_size_sum\{[^}]*method_name="predict"[^}]*\} ([0-9.e+]+)', text)
+    count = re.search(r'adaptive_batch_size_count\{[^}]*method_name="predict"[^}]*\} ([0-9.e+]+)', text)
+    if not total or not count or float(count.group(1)) == 0:
+        return None
+    return float(total.group(1)) / float(count.group(1))
+
+
+def load(url: str, image: bytes, requests: int, concurrency: int) -> dict:
+    with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
+        def one(_: int) -> tuple[int, float]:
+            t = time.perf_counter()
+            r = client.post(url + "/classify", files={"image": ("x.png", image, "image/png")})
+            return r.status_code, time.perf_counter() - t
+
+        started = time.perf_counter()
+        with cf.ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(one, range(requests)))
+        wall = time.perf_counter() - started
+    latencies = np.array([t for _, t in results]) * 1000
+    return {"concurrency": concurrency, "requests": requests, "errors": sum(s != 200 for s, _ in results),
+            "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
+            "images_per_second": requests / wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serving")
+    p.add_argument("--model", default=str(ROOT / "runs" / "demo" / "student.onnx"))
+    p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "serving.json"))
+    args = p.parse_args(argv)
+    model = Path(args.model)
+    if not model.is_file():
+        print(f"error: no model at {model}: run 'make demo' or pass --model", file=sys.stderr)
+        return 2
+    meta = read_metadata(model)
+    image = sample_png(int(meta.get("input_size") or 32), int(meta.get("in_channels") or 3))
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows = []
+    for batching in (True, False):
+        with tempfile.TemporaryDirectory() as tmp:
+            server = LocalServer(Path(tmp), {"COMPRESSOR_MODEL": str(model.resolve()), "COMPRESSOR_JOBS_DIR": str(Path(tmp) / "jobs"),
+                                             "COMPRESSOR_BATCHING": str(batching).lower()})
+            try:
+                load(server.url, image, 50, 4)  # warm-up; also trains BentoML's batching latency model
+                for c in levels:
+                    row = {"batching": batching, **load(server.url, image, args.requests, c)}
+                    row["mean_batch_size"] = mean_batch_size(server.url) if batching else 1.0
+                    rows.append(row)
+                    print(f"batching {'on ' if batching else 'off'} concurrency {c:3d}: p50 {row['p50_ms']:7.1f} ms  "
+                          f"p99 {row['p99_ms']:7.1f} ms  {row['images_per_second']:7.1f} img/s  errors {row['errors']}", flush=True)
+            finally:
+                server.stop()
+    result = {"model": str(model), "params": meta.get("params"), "input": [meta.get("in_channels"), meta.get("input_size")],
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": date.today().isoformat(),
+              "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:] if argv is None else argv), "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
