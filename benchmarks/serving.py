@@ -38,13 +38,12 @@ def sample_png(size: int, channels: int) -> bytes:
     return buf.getvalue()
 
 
-def mean_batch_size(url: str) -> float | None:
+def batch_counters(url: str) -> tuple[float, float]:
+    """(rows, batches) the runner has processed so far, from BentoML's adaptive batch size histogram."""
     text = httpx.get(url + "/metrics").text
     total = re.search(r'adaptive_batch_size_sum\{[^}]*method_name="predict"[^}]*\} ([0-9.e+]+)', text)
     count = re.search(r'adaptive_batch_size_count\{[^}]*method_name="predict"[^}]*\} ([0-9.e+]+)', text)
-    if not total or not count or float(count.group(1)) == 0:
-        return None
-    return float(total.group(1)) / float(count.group(1))
+    return (float(total.group(1)), float(count.group(1))) if total and count else (0.0, 0.0)
 
 
 def load(url: str, image: bytes, requests: int, concurrency: int) -> dict:
@@ -86,11 +85,15 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 load(server.url, image, 50, 4)  # warm-up; also trains BentoML's batching latency model
                 for c in levels:
+                    rows_before, batches_before = batch_counters(server.url)
                     row = {"batching": batching, **load(server.url, image, args.requests, c)}
-                    row["mean_batch_size"] = mean_batch_size(server.url) if batching else 1.0
+                    rows_after, batches_after = batch_counters(server.url)
+                    batches = batches_after - batches_before
+                    row["mean_batch_size"] = (rows_after - rows_before) / batches if batching and batches else 1.0
                     rows.append(row)
                     print(f"batching {'on ' if batching else 'off'} concurrency {c:3d}: p50 {row['p50_ms']:7.1f} ms  "
-                          f"p99 {row['p99_ms']:7.1f} ms  {row['images_per_second']:7.1f} img/s  errors {row['errors']}", flush=True)
+                          f"p99 {row['p99_ms']:7.1f} ms  {row['images_per_second']:7.1f} img/s  mean batch {row['mean_batch_size']:.2f}  "
+                          f"errors {row['errors']}", flush=True)
             finally:
                 server.stop()
     result = {"model": str(model), "params": meta.get("params"), "input": [meta.get("in_channels"), meta.get("input_size")],

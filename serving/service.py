@@ -45,10 +45,20 @@ class ModelRunner:
         self.loaded: tuple[str, str, int] | None = None  # (model id, path, mtime) of the open session
         self.session = None
         self.provider = None
-        threading.Thread(target=self._refresh, daemon=True).start()  # probes answer while the model loads
+        self.first_load_done = threading.Event()
+        threading.Thread(target=self._first_load, daemon=True).start()  # probes answer while the model loads
+
+    def _first_load(self) -> None:
+        try:
+            self._refresh()
+        except Exception:
+            log.exception("could not load the served model; /classify answers 503 until one is selected")
+        finally:
+            self.first_load_done.set()
 
     def __is_ready__(self) -> bool:
-        return self.session is not None
+        """Ready once the configured model is loaded, or known to be missing (jobs still work then)."""
+        return self.first_load_done.is_set()
 
     def _refresh(self):
         model_id, path = self.catalog.served()
