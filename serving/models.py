@@ -62,15 +62,16 @@ def load_spec(model_id: str, path: Path) -> ModelSpec:
 class ModelCatalog:
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
+        self.jobs = JobStore(settings.jobs_dir)
         self.pointer = settings.jobs_dir / "served_model.json"
 
     def _path_of(self, model_id: str) -> Path:
         if model_id == DEFAULT_ID:
             return self.settings.model
-        job = JobStore(self.settings.jobs_dir).get(model_id)
+        job = self.jobs.get(model_id)
         if job is None or job.status != "succeeded":
             raise UnknownModel(f"no finished job {model_id!r} has a student to serve")
-        return JobStore(self.settings.jobs_dir).artifact_path(model_id, "student.onnx")
+        return self.jobs.artifact_path(model_id, "student.onnx")
 
     def served(self) -> tuple[str, Path]:
         """The selected model, falling back to the configured default if the pointer is absent or stale."""
@@ -109,8 +110,8 @@ class ModelCatalog:
         out = []
         if self.settings.model.is_file():
             out.append(self.info(DEFAULT_ID, self.settings.model, served_id == DEFAULT_ID))
-        for job in JobStore(self.settings.jobs_dir).list(status="succeeded"):
-            path = JobStore(self.settings.jobs_dir).artifact_path(job.job_id, "student.onnx")
+        for job in self.jobs.list(status="succeeded"):
+            path = self.jobs.artifact_path(job.job_id, "student.onnx")
             if path.is_file():
                 out.append(self.info(job.job_id, path, served_id == job.job_id))
         return out

@@ -29,7 +29,8 @@ from starlette.routing import Route
 from serving.images import ImageRejected, decode_image, to_model_input
 from serving.jobs import DOWNLOADABLE, FINISHED, JobStore
 from serving.models import ModelCatalog, ModelSpec, UnknownModel
-from serving.schemas import ClassifyJSON, ClassifyResponse, JobOptions, ModelListing, Prediction, SelectModel, Submitted
+from serving.schemas import (ClassifyJSON, ClassifyResponse, ErrorBody, JobOptions, ModelListing, Prediction,
+                             SelectModel, Submitted)
 from serving.settings import ServingSettings
 
 log = logging.getLogger("serving")
@@ -37,11 +38,16 @@ Predict = Callable[[np.ndarray], Awaitable[np.ndarray]]
 FIELD_LIMIT = 1024 * 1024
 
 
+class ClientError(Exception):
+    """A mistake in the request: becomes a 4xx with an ErrorBody wherever it is raised."""
+
+    def __init__(self, status: int, message: str, detail: list | dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.detail = status, message, detail
+
+
 def error(status: int, message: str, detail: list | dict | None = None) -> JSONResponse:
-    body = {"error": message}
-    if detail is not None:
-        body["detail"] = detail
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(ErrorBody(error=message, detail=detail).model_dump(exclude_none=True), status_code=status)
 
 
 def validation_detail(exc: ValidationError) -> list[dict]:
@@ -52,7 +58,7 @@ async def read_form(request: Request, max_files: int):
     try:
         return await request.form(max_files=max_files, max_fields=64, max_part_size=FIELD_LIMIT)
     except MultiPartException as exc:
-        raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
+        raise ClientError(400, f"malformed multipart body: {exc.message}") from None
 
 
 def _field_value(raw: str):
@@ -74,37 +80,37 @@ async def _image_payloads(request: Request, s: ServingSettings) -> tuple[list[by
         for key, value in form.multi_items():
             if key in ("image", "images"):
                 if not isinstance(value, UploadFile):
-                    raise HTTPException(400, f"field {key!r} must be a file upload (curl -F {key}=@file.png)")
+                    raise ClientError(400, f"field {key!r} must be a file upload (curl -F {key}=@file.png)")
                 uploads.append(await value.read())
             elif key == "top_k":
                 top_k = _field_value(value) if isinstance(value, str) else None
                 if not isinstance(top_k, int) or isinstance(top_k, bool):
-                    raise HTTPException(400, "top_k must be an integer")
+                    raise ClientError(400, "top_k must be an integer")
             else:
-                raise HTTPException(400, f"unknown field {key!r}: send 'image' (one or more files) and optionally 'top_k'")
+                raise ClientError(400, f"unknown field {key!r}: send 'image' (one or more files) and optionally 'top_k'")
         if not uploads:
-            raise HTTPException(400, "no image: send a file in the 'image' field")
+            raise ClientError(400, "no image: send a file in the 'image' field")
         return uploads, top_k
     if ctype == "application/json":
         try:
             payload = ClassifyJSON.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise HTTPException(400, json.dumps({"error": "invalid JSON body: expected {\"images\": [base64, …], "
-                                                          "\"top_k\": k}", "detail": validation_detail(exc)})) from None
+            raise ClientError(400, "invalid JSON body: expected {\"images\": [base64, …], \"top_k\": k}",
+                              validation_detail(exc)) from None
         images = []
         for i, text in enumerate(payload.images):
             try:
                 images.append(base64.b64decode(text.split(",", 1)[-1] if text.startswith("data:") else text, validate=True))
             except (binascii.Error, ValueError):
-                raise HTTPException(400, f"images[{i}] is not valid base64") from None
+                raise ClientError(400, f"images[{i}] is not valid base64") from None
         return images, payload.top_k
     body = await request.body()
     if body and (ctype.startswith("image/") or ctype == "application/octet-stream"):
         top_k = _field_value(request.query_params.get("top_k", "5"))
         if not isinstance(top_k, int) or isinstance(top_k, bool):
-            raise HTTPException(400, "top_k must be an integer")
+            raise ClientError(400, "top_k must be an integer")
         return [body], top_k
-    raise HTTPException(415, "send multipart/form-data with an 'image' file, JSON {\"images\": [base64, …]}, "
+    raise ClientError(415, "send multipart/form-data with an 'image' file, JSON {\"images\": [base64, …]}, "
                              "or the image bytes with an image/* content type")
 
 
@@ -183,10 +189,10 @@ def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
     def _job_or_404(request: Request):
         job_id = request.query_params.get("job_id") or request.query_params.get("task_id")
         if not job_id:
-            raise HTTPException(400, "job_id query parameter is required")
+            raise ClientError(400, "job_id query parameter is required")
         job = store.get(job_id)
         if job is None:
-            raise HTTPException(404, f"unknown job id {job_id!r}")
+            raise ClientError(404, f"unknown job id {job_id!r}")
         return job
 
     def _validate_teacher(path, options: JobOptions) -> None:
@@ -201,9 +207,9 @@ def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
             plan_student(options.student, options.ratio, count_params(teacher.model), teacher.num_classes,
                          teacher.in_channels, options.input_size or 32)
         except CompressorError as exc:
-            raise HTTPException(400, str(exc).replace(str(path), "the uploaded teacher")) from None
+            raise ClientError(400, str(exc).replace(str(path), "the uploaded teacher")) from None
         except Exception as exc:  # anything torch cannot make sense of is still the upload's fault
-            raise HTTPException(400, f"cannot load the teacher checkpoint: {type(exc).__name__}: {exc}") from None
+            raise ClientError(400, f"cannot load the teacher checkpoint: {type(exc).__name__}: {exc}") from None
 
     async def submit(request: Request) -> Response:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -272,13 +278,10 @@ def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
     async def list_jobs(request: Request) -> Response:
         return JSONResponse({"jobs": [j.model_dump() for j in store.list(limit=100)]})
 
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        try:
-            body = json.loads(exc.detail)
-            if isinstance(body, dict) and "error" in body:
-                return JSONResponse(body, status_code=exc.status_code)
-        except (TypeError, ValueError):
-            pass
+    async def client_error(request: Request, exc: ClientError) -> Response:
+        return error(exc.status, exc.message, exc.detail)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:  # Starlette's own: 404, 405
         return error(exc.status_code, str(exc.detail))
 
     async def disconnected(request: Request, exc: ClientDisconnect) -> Response:
@@ -299,5 +302,5 @@ def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
             Route("/compress/cancel", cancel, methods=["POST", "PUT"]),
             Route("/compress/jobs", list_jobs, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: http_error, ClientDisconnect: disconnected, Exception: crashed},
+        exception_handlers={ClientError: client_error, HTTPException: http_error, ClientDisconnect: disconnected, Exception: crashed},
     )

@@ -21,7 +21,7 @@ import bentoml
 import numpy as np
 
 from serving.guards import Gatekeeper
-from serving.models import ModelCatalog, load_spec
+from serving.models import ModelCatalog
 from serving.routes import make_app
 from serving.settings import settings
 
@@ -70,7 +70,6 @@ class ModelRunner:
             if key != self.loaded:
                 from export.providers import make_session
 
-                load_spec(model_id, path)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     session, provider = make_session(path, SETTINGS.provider, threads=2)
