@@ -13,6 +13,8 @@ import json
 import sys
 import time
 
+from pydantic import ValidationError
+
 from compressor.config import EvalConfig, RunConfig, StudentConfig, TeacherConfig
 from compressor.distill import run
 from benchmarks.cifar10 import TEACHER_DIR
@@ -36,16 +38,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-npz", default="runs/bench-cifar10/test.npz")
     p.add_argument("--out-root", default="runs/probes")
     args = p.parse_args(argv)
-    overrides = json.loads(args.overrides)
-    k_s = overrides.get("student_steps", 5)
-    steps = args.updates // k_s
+    try:
+        overrides = json.loads(args.overrides)
+    except ValueError as exc:
+        p.error(f"overrides must be a JSON object: {exc}")
+    if not isinstance(overrides, dict):
+        p.error("overrides must be a JSON object, e.g. '{\"method\": {\"temperature\": 1}}'")
     base = RunConfig(
         out_dir=f"{args.out_root}/{args.name}", teacher=TeacherConfig(path=str(TEACHER_DIR / "cifar10_resnet20.pth")),
-        student=StudentConfig(family="resnet", ratio=args.ratio),
-        eval=EvalConfig(dataset=args.test_npz, eval_every=max(1, steps // 5)),
-        steps=steps, batch_size=128, seed=0, device="cpu", export_onnx=False,
+        student=StudentConfig(family="resnet", ratio=args.ratio), eval=EvalConfig(dataset=args.test_npz),
+        batch_size=128, seed=0, device="cpu", export_onnx=False,
     ).model_dump()
-    cfg = RunConfig(**merge(merge(base, {"generator": {"width": 32}}), overrides))
+    try:
+        cfg = RunConfig(**merge(merge(base, {"generator": {"width": 32}}), overrides))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        p.error(f"invalid override {'.'.join(str(x) for x in first['loc'])}: {first['msg']}")
+    k_s = cfg.student_steps  # the update budget is fixed; iterations follow from k_s
+    cfg.steps = max(1, args.updates // k_s)
+    cfg.eval.eval_every = max(1, cfg.steps // 5)
     started = time.time()
     report = run(cfg, quiet=True).report
     print(json.dumps({"name": args.name, "overrides": overrides, "top1": report["student"]["accuracy"]["full"],
