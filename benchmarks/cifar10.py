@@ -25,7 +25,7 @@ from compressor.data import CIFAR_MEAN, CIFAR_STD, LabelledData, Split, load_dat
 from compressor.distill import resolve_device, run
 from compressor.errors import CompressorError
 from compressor.evaluate import evaluate_splits
-from compressor.model_stats import count_params
+from compressor.model_stats import count_params, profile_model
 from compressor.models import create_model
 from compressor.students import plan_student
 from compressor.supervised import train_classifier
@@ -149,7 +149,7 @@ def run_data_free(method: str, teacher: Path, test_npz: Path, ratio: float, args
 def run_real(kind: str, teacher_model: nn.Module, data: LabelledData, ratio: float, args, device) -> dict:
     """The references: the same student trained on real train/ images, by KD from the teacher or from labels."""
     torch.manual_seed(args.seed)
-    plan = plan_student(args.student, ratio, count_params(teacher_model), 10, 3, 32)
+    plan = plan_student(args.student, ratio, profile_model(teacher_model, (3, 32, 32)), 10, 3)
     student = plan.build(10, 3)
     curve: list[list] = []
     test_full = {"full": torch.arange(len(data.test.labels))}
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--ratios", default="0.1,0.2")
     r.add_argument("--student-steps", type=int, default=2000, help="student updates per contender")
     r.add_argument("--contenders", default=",".join(CONTENDERS))
-    r.add_argument("--student", default="resnet", choices=["resnet", "mobilenet"])
+    r.add_argument("--student", default="auto", choices=["auto", "resnet", "mobilenet"])
     r.add_argument("--batch-size", type=int, default=128)
     r.add_argument("--eval-points", type=int, default=10, help="accuracy measurements along each curve")
     r.add_argument("--generator-width", type=int, help="narrower generators synthesise faster on CPU")

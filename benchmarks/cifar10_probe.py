@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("overrides must be a JSON object, e.g. '{\"method\": {\"temperature\": 1}}'")
     base = RunConfig(
         out_dir=f"{args.out_root}/{args.name}", teacher=TeacherConfig(path=str(TEACHER_DIR / "cifar10_resnet20.pth")),
-        student=StudentConfig(family="resnet", ratio=args.ratio), eval=EvalConfig(dataset=args.test_npz),
+        student=StudentConfig(ratio=args.ratio), eval=EvalConfig(dataset=args.test_npz),
         batch_size=128, seed=0, device="cpu", export_onnx=False,
     ).model_dump()
     try:

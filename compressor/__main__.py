@@ -28,7 +28,7 @@ def _floats(text: str) -> tuple[float, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m compressor",
-        description="Data-free compression of an image classifier into a student of a given parameter ratio.",
+        description="Data-free compression of an image classifier into a student of a given parameter and compute ratio.",
         epilog="Also: 'python -m compressor demo [--out DIR]' runs the whole pipeline on bundled digits.",
     )
     p.add_argument("--teacher", help="teacher checkpoint: a state dict or a TorchScript archive")
@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", default=None, help="allow torchvision to download CIFAR")
     p.add_argument("--steps", type=int, help="iterations: one generator update and its k_s student updates each")
     p.add_argument("--method", choices=["default", "dfad"])
-    p.add_argument("--student", choices=["resnet", "mobilenet"], help="student family")
+    p.add_argument("--macs-ratio", type=float,
+                   help="student multiply-adds / teacher multiply-adds at the teacher's input size (default: --ratio)")
+    p.add_argument("--student", choices=["auto", "resnet", "mobilenet"],
+                   help="student family (default auto: shaped like the teacher, depthwise for MobileNet/EfficientNet)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="student learning rate")
     p.add_argument("--generator-lr", type=float)
@@ -69,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     fields: dict = {"preset": preset, **preset_overrides(preset)}
     fields["out_dir"] = out
     fields["teacher"] = TeacherConfig(path=args.teacher, arch=args.arch, input_size=args.input_size, mean=args.mean, std=args.std)
-    fields["student"] = {"ratio": args.ratio, **({"family": args.student} if args.student else {})}
+    fields["student"] = {"ratio": args.ratio, "macs_ratio": args.macs_ratio, **({"family": args.student} if args.student else {})}
     method = fields.get("method", MethodSettings())
     fields["method"] = method.model_copy(update={"name": method_name})
     fields["eval"] = {
@@ -103,10 +106,9 @@ def summary(report: dict) -> str:
     acc = s["accuracy"]["full"]
     acc_text = "accuracy not measured (no --dataset)" if acc is None else (
         f"student top-1 {100 * acc:.2f} % vs teacher {100 * t['accuracy']['full']:.2f} %")
-    return (
-        f"done in {report['wall_seconds']:.0f} s: {s['params']:,} / {t['params']:,} params "
-        f"({100 * report['ratio']:.2f} %), {acc_text}"
-    )
+    from compressor.report import gains
+
+    return "\n".join([f"done in {report['wall_seconds']:.0f} s: {acc_text}", *gains(report)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,8 +57,9 @@ class TeacherConfig(Strict):
 
 
 class StudentConfig(Strict):
-    family: Literal["resnet", "mobilenet"] = "resnet"
+    family: Literal["auto", "resnet", "mobilenet"] = "auto"  # auto: the teacher's kind (depthwise or residual)
     ratio: float = 0.1
+    macs_ratio: float | None = None  # student / teacher multiply-adds at the teacher's input size; None: = ratio
     arch: str | None = None  # resolved by the budget search
     spec: dict | None = None
     params: int | None = None
@@ -68,6 +69,13 @@ class StudentConfig(Strict):
     def _ratio_in_range(cls, v: float) -> float:
         if not 0 < v < 1:
             raise ValueError(f"ratio must be in (0, 1), got {v}")
+        return v
+
+    @field_validator("macs_ratio")
+    @classmethod
+    def _macs_ratio_positive(cls, v: float | None) -> float | None:
+        if v is not None and not (0 < v < float("inf")):
+            raise ValueError(f"macs_ratio must be a positive number, got {v}")
         return v
 
 

@@ -30,7 +30,7 @@ from compressor.errors import CompressorError
 from compressor.evaluate import confusion_matrix, evaluate_splits, normalise, predict_logits, teacher_agreement
 from compressor.generator import Generator
 from compressor.methods import SynthBatch, create_method
-from compressor.model_stats import count_macs, count_params
+from compressor.model_stats import ModelProfile, count_macs, profile_model
 from compressor.models import get_entry, list_models as get_registered_names
 from compressor.students import StudentPlan, plan_student
 from compressor.teachers import LoadedTeacher, load_teacher
@@ -63,19 +63,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def default_input(arch: str, dataset: str | None) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """(input size, mean, std) when the user gives none: the dataset's preset, else the architecture's home
+    (224 px and ImageNet statistics for torchvision models, 32 px CIFAR for the rest)."""
+    preset = PRESETS.get(dataset or "")
+    if preset is None and arch == "small_cnn":
+        preset = PRESETS["digits"]
+    if preset:
+        return preset.input_size, preset.mean, preset.std
+    if arch in get_registered_names() and get_entry(arch).family == "torchvision":
+        return 224, IMAGENET_MEAN, IMAGENET_STD
+    return 32, PRESETS["cifar10"].mean, PRESETS["cifar10"].std
+
+
 def resolve_teacher(cfg: RunConfig) -> LoadedTeacher:
     """Load the teacher and write what was inferred (arch, classes, input) back into the config."""
     teacher = load_teacher(cfg.teacher.path, cfg.teacher.arch)
     t = cfg.teacher
     if t.sha256 and t.sha256 != teacher.sha256:
         raise CompressorError(f"teacher {t.path} changed since this run started (sha256 differs); cannot resume")
-    preset = PRESETS.get(cfg.eval.dataset or "")
-    if preset is None and teacher.arch == "small_cnn":
-        preset = PRESETS["digits"]
-    imagenet_like = teacher.arch in get_registered_names() and get_entry(teacher.arch).family == "torchvision"
-    default_size = preset.input_size if preset else (224 if imagenet_like else 32)
-    default_mean = preset.mean if preset else (IMAGENET_MEAN if imagenet_like else PRESETS["cifar10"].mean)
-    default_std = preset.std if preset else (IMAGENET_STD if imagenet_like else PRESETS["cifar10"].std)
+    default_size, default_mean, default_std = default_input(teacher.arch, cfg.eval.dataset)
     t.arch = teacher.arch
     t.sha256 = teacher.sha256
     t.num_classes = teacher.num_classes
@@ -96,11 +103,17 @@ def _per_channel(values: tuple[float, ...], channels: int, what: str) -> tuple[f
     raise CompressorError(f"--{what} has {len(values)} values but the teacher takes {channels} channels")
 
 
-def resolve_student(cfg: RunConfig, teacher: LoadedTeacher) -> tuple[nn.Module, StudentPlan]:
+def resolve_student(cfg: RunConfig, teacher: LoadedTeacher) -> tuple[nn.Module, StudentPlan, ModelProfile]:
+    """Plan the student on the teacher's measured parameters, multiply-adds and spatial schedule."""
     s, t = cfg.student, cfg.teacher
-    plan = plan_student(s.family, s.ratio, count_params(teacher.model), t.num_classes, t.in_channels, t.input_size)
+    try:
+        profile = profile_model(teacher.model, (t.in_channels, t.input_size, t.input_size))
+    except Exception as exc:  # e.g. an input size the teacher cannot take
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CompressorError(f"the teacher cannot run on {t.in_channels}x{t.input_size}x{t.input_size} inputs: {first}") from None
+    plan = plan_student(s.family, s.ratio, profile, t.num_classes, t.in_channels, s.macs_ratio)
     s.arch, s.spec, s.params = plan.arch, plan.spec, plan.params
-    return plan.build(t.num_classes, t.in_channels), plan
+    return plan.build(t.num_classes, t.in_channels), plan, profile
 
 
 def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -179,7 +192,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     torch.manual_seed(cfg.seed + rank)
     teacher_info = resolve_teacher(cfg)
     data = load_eval_data(cfg)
-    student, plan = resolve_student(cfg, teacher_info)
+    student, plan, teacher_profile = resolve_student(cfg, teacher_info)
     t = cfg.teacher
     t.class_names = t.class_names or [str(i) for i in range(t.num_classes)]
     input_shape = (t.in_channels, t.input_size, t.input_size)
@@ -193,13 +206,13 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     if cfg.method.name == "default" and len(getattr(method, "bn_stats", [])) == 0:
         tqdm.write("warning: the teacher has no BatchNorm layers, so the batch-norm statistics term is off; "
                    "expect a weaker student (the adversarial, balance and one-hot terms remain)")
-    teacher_params, student_params = count_params(teacher), plan.params
+    teacher_params, student_params = teacher_profile.params, plan.params
+    teacher_macs, student_macs = teacher_profile.macs, count_macs(student, input_shape)
     if is_main and not quiet:
         print(
-            f"teacher {t.arch}: {teacher_params:,} params, {count_macs(teacher, input_shape) / 1e6:.1f} M MACs | "
-            f"student {cfg.student.family} {plan.spec}: {student_params:,} params "
-            f"({100 * student_params / teacher_params:.2f} % of the teacher, budget {plan.budget:,}), "
-            f"{count_macs(student, input_shape) / 1e6:.1f} M MACs | {cfg.method.name} on {device}"
+            f"teacher {t.arch}: {teacher_params:,} params, {teacher_macs / 1e6:.1f} M MACs | "
+            f"student {plan.family} {plan.spec}: {student_params:,} params ({100 * student_params / teacher_params:.2f} %), "
+            f"{student_macs / 1e6:.1f} M MACs ({100 * student_macs / teacher_macs:.2f} %) | {cfg.method.name} on {device}"
         )
 
     opt_s = make_optimizer(student.parameters(), cfg.student_optim)
@@ -428,21 +441,24 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         "teacher": {
             "arch": t.arch,
             "params": teacher_params,
-            "macs": count_macs(teacher, input_shape),
+            "macs": teacher_macs,
             "accuracy": _accuracy_block(teacher_acc),
             "top5": _top5_block(teacher_acc),
             "sha256": t.sha256,
         },
         "student": {
-            "arch": f"{cfg.student.family}",
+            "arch": plan.family,
             "spec": plan.spec,
             "params": student_params,
-            "macs": count_macs(student, input_shape),
+            "macs": student_macs,
             "accuracy": _accuracy_block(student_acc),
             "top5": _top5_block(student_acc),
         },
         "ratio": student_params / teacher_params,
         "requested_ratio": cfg.student.ratio,
+        "macs_ratio": cfg.student.macs_ratio or cfg.student.ratio,
+        "student_macs_ratio": student_macs / teacher_macs,
+        "spatial_schedule": list(teacher_profile.schedule.sizes),
         "method": cfg.method.name,
         "preset": cfg.preset,
         "steps": cfg.steps,

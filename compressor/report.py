@@ -72,10 +72,34 @@ def plot_samples(pixels: torch.Tensor, classes: torch.Tensor, class_names: list[
     plt.close(fig)
 
 
+def gains(report: dict) -> list[str]:
+    """What the user gained, in the first lines of report.md and of the CLI summary: size, compute and the
+    measured speed-up; a warning where the student is slower than its teacher."""
+    t, s = report["teacher"], report["student"]
+    lines = [
+        f"Parameters {s['params']:,} / {t['params']:,} ({100 * s['params'] / t['params']:.2f} %), "
+        f"MACs {s['macs'] / 1e6:,.2f} M / {t['macs'] / 1e6:,.2f} M ({100 * s['macs'] / t['macs']:.2f} %)."
+    ]
+    speed = (report.get("deployment") or {}).get("cpu_speed")
+    if not speed:
+        lines.append("Speed-up not measured (no ONNX export).")
+        return lines
+    lines.append("Speed-up over the teacher, ONNX Runtime on the CPU: "
+                 + ", ".join(f"{v:.2f}× at batch {bs}" for bs, v in speed["speedup"].items()) + ".")
+    slower = [bs for bs, v in speed["speedup"].items() if v < 1]
+    if slower:
+        lines.append(f"WARNING: the student is slower than its teacher at batch {', '.join(slower)} "
+                     f"(MACs ratio asked: {report.get('macs_ratio', report['requested_ratio']):g}, "
+                     f"student family {s['arch']}); lower --macs-ratio or use --student auto.")
+    return lines
+
+
 def markdown(report: dict) -> str:
     t, s = report["teacher"], report["student"]
     lines = [
         f"# Compression report: {t['arch']} → {s['arch']} student",
+        "",
+        *[f"**{line}**" if line.startswith("WARNING") else line for line in gains(report)],
         "",
         f"Method `{report['method']}` (preset `{report['preset']}`), {report['steps']} steps "
         f"({report['student_updates']} student updates, batch {report['batch_size']}), "

@@ -1,38 +1,43 @@
-"""Budgeted students: for a ratio r, a student with at most r x teacher params
-and at least 0.97 x that, from the family the user picks.
+"""Budgeted students shaped like their teacher.
 
-Parameter counts are computed analytically (and checked against the built
-model in the tests), so the search can try many shapes in milliseconds.
+Two budgets, both relative to the teacher at its input size: parameters (at most ratio x teacher and at
+least 0.97 x that) and multiply-adds (at most macs_ratio x teacher). A parameter budget alone is not enough:
+a student that runs its first stage at full resolution behind a teacher that pools to a quarter first does
+several times the teacher's arithmetic with a tenth of its weights. So the student copies the teacher's
+spatial schedule (`compressor.model_stats.profile_model`: the sizes its convolutions run at, measured, not
+looked up by name), and the search picks widths and depth that fill the parameter budget inside the compute
+budget. Costs are computed analytically, so the search tries thousands of shapes in well under a second.
 """
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Iterator, Literal
 
 import torch.nn as nn
 
 from compressor.errors import CompressorError
-from compressor.model_stats import count_params
+from compressor.model_stats import ModelProfile, SpatialSchedule, count_params
 from compressor.models import create_model
-from compressor.models.student_mobilenet import (
-    MobileNetStudentSpec,
-    count_mobilenet_student_params,
-    mobilenet_body_params,
-)
-from compressor.models.student_resnet import ResNetStudentSpec, count_resnet_student_params
+from compressor.models.student_mobilenet import MobileNetStudentSpec, mobilenet_body_cost, mobilenet_student_cost
+from compressor.models.student_resnet import ResNetStudentSpec, head_cost, resnet_student_cost
 
-StudentFamily = Literal["resnet", "mobilenet"]
+StudentFamily = Literal["auto", "resnet", "mobilenet"]
 MIN_FILL = 0.97  # the contract: params >= 0.97 x budget
+MIN_FIRST_WIDTH = 8  # below this the first stage is too thin to learn; depth gives way first
 _FAMILY_TO_ARCH = {"resnet": "student_resnet", "mobilenet": "student_mobilenet"}
 
 
 @dataclass(frozen=True)
 class StudentPlan:
-    family: StudentFamily
+    family: Literal["resnet", "mobilenet"]
     arch: str
     spec: dict
     params: int
+    macs: int
     budget: int
+    macs_budget: int
 
     def build(self, num_classes: int, in_channels: int) -> nn.Module:
         model = create_model(self.arch, num_classes=num_classes, in_channels=in_channels, spec=self.spec)
@@ -40,82 +45,133 @@ class StudentPlan:
         return model
 
 
-def stem_stride_for(input_size: int) -> int:
-    return 1 if input_size <= 64 else 2
+@dataclass(frozen=True)
+class _Budget:
+    params: int
+    macs: int
+    num_classes: int
+    in_channels: int
+    input_size: int
 
 
-def _best_resnet(budget: int, num_classes: int, in_channels: int, stem_stride: int) -> ResNetStudentSpec | None:
-    def params(c1: int, c2: int, c3: int, b: int) -> int:
-        spec = ResNetStudentSpec(widths=(c1, c2, c3), blocks_per_stage=b, stem_stride=stem_stride)
-        return count_resnet_student_params(spec, num_classes, in_channels)
+def family_for(schedule: SpatialSchedule) -> Literal["resnet", "mobilenet"]:
+    """`auto`: depthwise teachers (MobileNet, EfficientNet) get the depthwise family, every other a residual one."""
+    return "mobilenet" if schedule.depthwise else "resnet"
 
-    best: tuple[int, ResNetStudentSpec] | None = None
-    # Prefer depth (3 blocks per stage, ResNet-20 like) unless that leaves the net too thin to learn.
-    for b in (3, 2, 1):
-        c1 = 1
-        while params(c1 + 1, 2 * (c1 + 1), 4 * (c1 + 1), b) <= budget:
-            c1 += 1
-        if c1 < 8 and b > 1:
+
+def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int | None:
+    """The largest v in [lo, hi] with fits(v), for a monotone `fits`; None if even lo does not fit."""
+    if not fits(lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def _resnet_candidates(b: _Budget, schedule: SpatialSchedule, macs_cap: int) -> Iterator[tuple[tuple, ResNetStudentSpec, int, int]]:
+    """Every filled shape under both budgets, with a preference key (larger is better)."""
+    strides = schedule.stage_strides
+    n = len(strides)
+    base = {"strides": strides, "stem_kernel": min(7, schedule.stem_kernel) | 1, "stem_stride": schedule.stem_stride,
+            "stem_pool": schedule.stem_pool}
+
+    def cost(spec: ResNetStudentSpec) -> tuple[int, int]:
+        return resnet_student_cost(spec, b.num_classes, b.in_channels, b.input_size)
+
+    def fits(spec: ResNetStudentSpec) -> bool:
+        p, m = cost(spec)
+        return p <= b.params and m <= macs_cap
+
+    for depth in (3, 2, 1):
+        for growth in (2.0, 3.0, 4.0):
+            for c1 in range(4, 257):
+                widths = [max(1, round(c1 * growth**i)) for i in range(n - 1)]
+                floor = widths[-1] if widths else c1
+                def spec_with(last: int, hidden: int = 0) -> ResNetStudentSpec:
+                    return ResNetStudentSpec(widths=(*widths, last), blocks=(depth,) * n, head_hidden=hidden, **base)
+                if not fits(spec_with(floor)):
+                    break  # wider first stages only cost more
+                last = _largest(floor, 64 * floor, lambda w: fits(spec_with(w)))
+                spec = spec_with(last)
+                params, macs = cost(spec)
+                if params < MIN_FILL * b.params:
+                    # The compute cap stopped the last stage short of the parameter budget: hold the rest in a
+                    # hidden head layer instead, at one multiply-add per parameter.
+                    hidden = _largest(1, b.params, lambda h: fits(spec_with(floor, h)))
+                    if hidden is None or hidden < b.num_classes:
+                        continue
+                    spec = spec_with(floor, hidden)
+                    params, macs = cost(spec)
+                if params >= MIN_FILL * b.params:
+                    yield (spec.head_hidden == 0, c1 >= MIN_FIRST_WIDTH, depth, -growth, macs), spec, params, macs
+
+
+def _mobilenet_candidates(b: _Budget, schedule: SpatialSchedule, macs_cap: int) -> Iterator[tuple[tuple, MobileNetStudentSpec, int, int]]:
+    """Width multipliers on a grid, two blocks per stage or (where compute is tight) one; the last 1x1
+    convolution fills the rest. Prefers two blocks, then a body of about 60 % of the parameters (the seed's
+    proportions), then more compute."""
+    for repeats, width in itertools.product((2, 1), [round(0.05 * i, 2) for i in range(1, 61)]):
+        spec = MobileNetStudentSpec(width=width, last_channels=1, down_strides=schedule.stage_strides[1:], repeats=repeats,
+                                    stem_stride=schedule.stem_stride, stem_pool=schedule.stem_pool)
+        body_params, _, last_in, _ = mobilenet_body_cost(spec, b.in_channels, b.input_size)
+        if body_params > b.params:
             continue
-        for base in range(max(2, c1 - 2), c1 + 1):
-            for c2 in range(int(1.5 * base), int(2.5 * base) + 1):
-                lo, hi = int(1.5 * c2), int(2.5 * c2)
-                if params(base, c2, lo, b) > budget:
-                    continue
-                while lo < hi:  # the largest c3 that fits
-                    mid = (lo + hi + 1) // 2
-                    lo, hi = (mid, hi) if params(base, c2, mid, b) <= budget else (lo, mid - 1)
-                p = params(base, c2, lo, b)
-                if best is None or p > best[0]:
-                    best = (p, ResNetStudentSpec(widths=(base, c2, lo), blocks_per_stage=b, stem_stride=stem_stride))
-        if best is not None:
-            return best[1]
-    return None
+
+        def fits(h: int) -> bool:
+            p, m = mobilenet_student_cost(spec.model_copy(update={"last_channels": h}), b.num_classes, b.in_channels, b.input_size)
+            return p <= b.params and m <= macs_cap
+
+        h = _largest(1, b.params, fits)
+        if h is None or h < last_in:
+            continue
+        spec = spec.model_copy(update={"last_channels": h})
+        params, macs = mobilenet_student_cost(spec, b.num_classes, b.in_channels, b.input_size)
+        if params >= MIN_FILL * b.params:
+            yield (repeats, -abs(body_params / b.params - 0.6), macs), spec, params, macs
 
 
-def _best_mobilenet(budget: int, num_classes: int, in_channels: int, stem_stride: int) -> MobileNetStudentSpec | None:
-    """Scale the body to about 60 % of the budget, then size the last 1x1 conv to fill the rest exactly."""
-    best: MobileNetStudentSpec | None = None
-    for share in (0.6, 0.45, 0.3, 0.15):
-        lo, hi = 0.01, 16.0
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if mobilenet_body_params(mid, in_channels)[0] <= share * budget else (lo, mid)
-        body, last_in = mobilenet_body_params(lo, in_channels)
-        h = (budget - body - num_classes) // (last_in + 2 + num_classes)
-        if h >= last_in:
-            best = MobileNetStudentSpec(width=round(lo, 4), last_channels=int(h), stem_stride=stem_stride)
-            # Rounding the width can shift the body by a few parameters: re-fit h on the rounded width.
-            body, last_in = mobilenet_body_params(best.width, in_channels)
-            h = (budget - body - num_classes) // (last_in + 2 + num_classes)
-            return best.model_copy(update={"last_channels": int(h)})
-    return best
+_SEARCH = {"resnet": _resnet_candidates, "mobilenet": _mobilenet_candidates}
 
 
 def plan_student(
     family: StudentFamily,
     ratio: float,
-    teacher_params: int,
+    teacher: ModelProfile,
     num_classes: int,
     in_channels: int,
-    input_size: int,
+    macs_ratio: float | None = None,
 ) -> StudentPlan:
+    """The student of `family` (or the teacher's own kind for `auto`) within both budgets; a clear error naming
+    what would work when none exists."""
     if not 0 < ratio < 1:
         raise CompressorError(f"--ratio must be in (0, 1), got {ratio}")
-    if family not in _FAMILY_TO_ARCH:
-        raise CompressorError(f"unknown student family {family!r}; choose from {', '.join(_FAMILY_TO_ARCH)}")
-    budget = int(ratio * teacher_params)
-    stem = stem_stride_for(input_size)
-    if family == "resnet":
-        spec = _best_resnet(budget, num_classes, in_channels, stem)
-        params = count_resnet_student_params(spec, num_classes, in_channels) if spec else 0
-    else:
-        spec = _best_mobilenet(budget, num_classes, in_channels, stem)
-        params = count_mobilenet_student_params(spec, num_classes, in_channels) if spec else 0
-    if spec is None or params < MIN_FILL * budget:
+    macs_ratio = ratio if macs_ratio is None else macs_ratio
+    if not (macs_ratio > 0 and math.isfinite(macs_ratio)):
+        raise CompressorError(f"--macs-ratio must be a positive number, got {macs_ratio}")
+    if family == "auto":
+        family = family_for(teacher.schedule)
+    if family not in _SEARCH:
+        raise CompressorError(f"unknown student family {family!r}; choose from auto, {', '.join(_SEARCH)}")
+    budget = _Budget(int(ratio * teacher.params), int(macs_ratio * teacher.macs), num_classes, in_channels,
+                     teacher.schedule.input_size)
+    search = _SEARCH[family]
+    try:
+        best = max(search(budget, teacher.schedule, budget.macs), key=lambda c: c[0], default=None)
+    except ValueError as exc:  # a schedule the family cannot follow (e.g. too many downsampling stages)
+        raise CompressorError(f"a {family} student cannot follow this teacher's spatial schedule: {exc}") from None
+    if best is None:
+        cheapest = min((c[3] for c in search(budget, teacher.schedule, 2**62)), default=None)
+        if cheapest is None:
+            other = "mobilenet" if family == "resnet" else "resnet"
+            raise CompressorError(
+                f"ratio {ratio} leaves a budget of {budget.params:,} parameters, too small for a {family} student "
+                f"with {num_classes} classes; raise --ratio or try --student {other}"
+            )
+        needed = math.ceil(1000 * cheapest / teacher.macs) / 1000
         raise CompressorError(
-            f"ratio {ratio} leaves a budget of {budget:,} parameters, too small for a {family} student "
-            f"with {num_classes} classes; raise --ratio or try --student "
-            f"{'mobilenet' if family == 'resnet' else 'resnet'}"
+            f"no {family} student with {ratio:g} of the teacher's parameters runs within {macs_ratio:g} of its "
+            f"multiply-adds ({budget.macs:,}); the cheapest needs --macs-ratio {needed:g} ({cheapest:,} MACs)"
         )
-    return StudentPlan(family, _FAMILY_TO_ARCH[family], spec.model_dump(mode="json"), params, budget)
+    _, spec, params, macs = best
+    return StudentPlan(family, _FAMILY_TO_ARCH[family], spec.model_dump(mode="json"), params, macs, budget.params, budget.macs)

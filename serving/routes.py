@@ -197,15 +197,18 @@ def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
 
     def _validate_teacher(path, options: JobOptions) -> None:
         """Load the upload exactly as the job will (weights_only) and size its student, so a bad file is a 400 now."""
+        from compressor.distill import default_input
         from compressor.errors import CompressorError
-        from compressor.model_stats import count_params
+        from compressor.model_stats import profile_model
         from compressor.students import plan_student
         from compressor.teachers import load_teacher
 
         try:
             teacher = load_teacher(path, options.arch)
-            plan_student(options.student, options.ratio, count_params(teacher.model), teacher.num_classes,
-                         teacher.in_channels, options.input_size or 32)
+            size = options.input_size or default_input(teacher.arch, options.dataset)[0]
+            profile = profile_model(teacher.model, (teacher.in_channels, size, size))
+            plan_student(options.student, options.ratio, profile, teacher.num_classes, teacher.in_channels,
+                         options.macs_ratio)
         except CompressorError as exc:
             raise ClientError(400, str(exc).replace(str(path), "the uploaded teacher")) from None
         except Exception as exc:  # anything torch cannot make sense of is still the upload's fault

@@ -65,7 +65,8 @@ class JobOptions(Strict):
     ratio: float = Field(gt=0, lt=1)
     method: Literal["default", "dfad"] = "default"
     preset: Literal["default", "seed", "paper"] = "default"
-    student: Literal["resnet", "mobilenet"] = "resnet"
+    student: Literal["auto", "resnet", "mobilenet"] = "auto"
+    macs_ratio: float | None = Field(None, gt=0, le=100)
     steps: int | None = Field(None, gt=0)
     batch_size: int | None = Field(None, gt=1, le=1024)
     lr: float | None = Field(None, gt=0, le=10)
@@ -89,7 +90,8 @@ class JobOptions(Strict):
     def cli_args(self) -> list[str]:
         """The same options as `python -m compressor` flags, so a job is exactly a CLI run."""
         args = ["--ratio", repr(self.ratio), "--method", self.method, "--preset", self.preset, "--student", self.student]
-        for name in ("steps", "batch_size", "lr", "generator_lr", "eval_every", "seed", "arch", "dataset", "input_size"):
+        for name in ("macs_ratio", "steps", "batch_size", "lr", "generator_lr", "eval_every", "seed", "arch", "dataset",
+                     "input_size"):
             value = getattr(self, name)
             if value is not None:
                 args += ["--" + name.replace("_", "-"), str(value)]

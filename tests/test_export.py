@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.model_stats import count_params
+from compressor.model_stats import count_params, profile_model
 from compressor.models import create_model
 from compressor.students import plan_student
 from export.bench import BenchmarkReport, benchmark
@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 
 def _student(family: str, ratio: float = 0.2):
     teacher = create_model("resnet20", num_classes=10)
-    return plan_student(family, ratio, count_params(teacher), 10, 3, 32).build(10, 3).eval()
+    return plan_student(family, ratio, profile_model(teacher, (3, 32, 32)), 10, 3).build(10, 3).eval()
 
 
 def _randomise_bn(model):

@@ -1,51 +1,172 @@
+"""The student planner on real teacher architectures: both budgets, the fill, and the teacher's spatial schedule."""
+import sys
+import textwrap
+
 import pytest
 import torch
+import torch.nn as nn
 
 from compressor.errors import CompressorError
-from compressor.model_stats import count_macs, count_params
+from compressor.model_stats import count_macs, count_params, profile_model
 from compressor.models import create_model
 from compressor.students import MIN_FILL, plan_student
+from compressor.teachers import load_teacher
 
-TEACHERS = [
-    ("resnet20", 10, 3, 32),
-    ("small_cnn", 10, 1, 16),
-    ("cifar_resnet34", 100, 3, 32),
-    ("resnet34", 100, 3, 224),
+TEACHERS = [  # (arch, classes, channels, input size, family that `auto` picks)
+    ("resnet34", 10, 3, 32, "resnet"),
+    ("resnet34", 100, 3, 32, "resnet"),
+    ("resnet34", 10, 3, 224, "resnet"),
+    ("resnet34", 100, 3, 224, "resnet"),
+    ("resnet50", 1000, 3, 224, "resnet"),
+    ("mobilenet_v3_large", 1000, 3, 224, "mobilenet"),
+    ("mobilenet_v3_large", 10, 3, 32, "mobilenet"),
+    ("efficientnet_b0", 1000, 3, 224, "mobilenet"),
+    ("efficientnet_b0", 10, 3, 32, "mobilenet"),
+    ("vgg16_bn", 10, 3, 32, "resnet"),
+    ("vgg16_bn", 1000, 3, 224, "resnet"),
+    ("resnet20", 10, 3, 32, "resnet"),
+    ("wrn_40_2", 10, 3, 32, "resnet"),
+    ("wrn_40_2", 100, 3, 32, "resnet"),
+    ("cifar_resnet34", 100, 3, 32, "resnet"),
+    ("small_cnn", 10, 1, 16, "resnet"),
 ]
 
 
-@pytest.mark.parametrize("family", ["resnet", "mobilenet"])
-@pytest.mark.parametrize("teacher_arch, classes, channels, size", TEACHERS)
-@pytest.mark.parametrize("ratio", [0.1, 0.2, 0.5])
-def test_student_fits_budget(family, teacher_arch, classes, channels, size, ratio):
-    with torch.device("meta"):
-        teacher_params = count_params(create_model(teacher_arch, num_classes=classes, in_channels=channels))
-    plan = plan_student(family, ratio, teacher_params, classes, channels, size)
-    budget = ratio * teacher_params
-    assert MIN_FILL * budget <= plan.params <= budget
-    with torch.device("meta"):
-        student = plan.build(classes, channels)  # also asserts the analytic count equals the real one
-    assert count_params(student) == plan.params
+def _check_plan(plan, teacher_profile, ratio, macs_ratio, classes, channels, size):
+    """Both budgets held, the parameter budget filled, and the built student shaped and costed as planned."""
+    assert MIN_FILL * int(ratio * teacher_profile.params) <= plan.params <= ratio * teacher_profile.params
+    student = plan.build(classes, channels)  # also asserts the analytic parameter count equals the real one
+    measured = profile_model(student, (channels, size, size))
+    assert measured.params == plan.params
+    assert measured.macs == plan.macs <= macs_ratio * teacher_profile.macs
+    assert measured.schedule.sizes == teacher_profile.schedule.sizes
+    assert student(torch.randn(2, channels, size, size)).shape == (2, classes)
+    return student
 
 
+@pytest.mark.parametrize("arch, classes, channels, size, family", TEACHERS)
+@pytest.mark.parametrize("ratio", [0.1, 0.2])
+def test_auto_student_holds_both_budgets_and_the_teachers_schedule(arch, classes, channels, size, family, ratio):
+    teacher = create_model(arch, num_classes=classes, in_channels=channels)
+    profile = profile_model(teacher, (channels, size, size))
+    plan = plan_student("auto", ratio, profile, classes, channels)
+    assert plan.family == family
+    _check_plan(plan, profile, ratio, ratio, classes, channels, size)
+
+
+@pytest.mark.parametrize("arch, size", [("resnet34", 32), ("resnet20", 32), ("efficientnet_b0", 32)])
 @pytest.mark.parametrize("family", ["resnet", "mobilenet"])
-def test_student_runs_and_costs_less_than_teacher(family):
-    teacher = create_model("resnet20", num_classes=10)
-    plan = plan_student(family, 0.2, count_params(teacher), 10, 3, 32)
-    student = plan.build(10, 3)
-    assert student(torch.randn(4, 3, 32, 32)).shape == (4, 10)
-    assert count_macs(student, (3, 32, 32)) < count_macs(teacher, (3, 32, 32))
+def test_forced_family_holds_its_budgets(arch, size, family):
+    teacher = create_model(arch, num_classes=10)
+    profile = profile_model(teacher, (3, size, size))
+    plan = plan_student(family, 0.2, profile, 10, 3, macs_ratio=0.4)
+    assert plan.family == family
+    _check_plan(plan, profile, 0.2, 0.4, 10, 3, size)
+
+
+def test_torchvision_resnet_student_keeps_the_stem_and_pool():
+    """The measured defect: a 32 px ResNet-34 teacher pools to 8 px before its first stage; so must its student."""
+    profile = profile_model(create_model("resnet34", num_classes=10), (3, 32, 32))
+    assert profile.schedule.sizes == (16, 8, 4, 2, 1) and profile.schedule.stem_pool == 2
+    plan = plan_student("auto", 0.1, profile, 10, 3)
+    assert plan.spec["stem_kernel"] == 7 and plan.spec["stem_stride"] == 2 and plan.spec["stem_pool"] == 2
+    assert len(plan.spec["widths"]) == 4
+    cifar = profile_model(create_model("resnet20", num_classes=10), (3, 32, 32))
+    assert cifar.schedule.sizes == (32, 16, 8) and cifar.schedule.stem_pool == 1
+
+
+def test_custom_architecture_gets_its_own_schedule(tmp_path, monkeypatch):
+    """A user's own network, never seen by any table of names: the schedule is read from running it, including a
+    functional convolution and a pool that is not a module."""
+    (tmp_path / "odd_nets.py").write_text(textwrap.dedent("""
+        import torch, torch.nn as nn, torch.nn.functional as F
+        class Odd(nn.Module):
+            def __init__(self, num_classes=7):
+                super().__init__()
+                self.a = nn.Conv2d(1, 24, 5, stride=3, padding=2)
+                self.b = nn.Parameter(torch.randn(48, 24, 3, 3) * 0.1)
+                self.c = nn.Conv2d(48, 96, 3, padding=1)
+                self.fc = nn.Linear(96, num_classes)
+            def forward(self, x):
+                x = F.relu(self.a(x))                            # 48 -> 16
+                x = F.relu(F.conv2d(x, self.b, padding=1))        # 16
+                x = F.avg_pool2d(x, 2)                            # 8
+                x = F.relu(self.c(x))                             # 8
+                return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("odd_nets", None)
+    import odd_nets
+
+    torch.save(odd_nets.Odd().state_dict(), tmp_path / "odd.pth")
+    teacher = load_teacher(tmp_path / "odd.pth", arch="odd_nets:Odd")
+    profile = profile_model(teacher.model, (1, 48, 48))
+    assert profile.schedule.sizes == (16, 8)
+    plan = plan_student("auto", 0.3, profile, 7, 1)
+    assert plan.spec["stem_stride"] == 3 and plan.spec["strides"] == [1, 2]
+    _check_plan(plan, profile, 0.3, 0.3, 7, 1, 48)
+
+
+def test_torchscript_teacher_is_profiled_like_the_module(tmp_path):
+    model = create_model("resnet18", num_classes=10).eval()
+    scripted = torch.jit.trace(model, torch.randn(1, 3, 64, 64))
+    a, b = profile_model(model, (3, 64, 64)), profile_model(scripted, (3, 64, 64))
+    assert (a.params, a.macs, a.schedule) == (b.params, b.macs, b.schedule)
+
+
+def test_flop_counter_agrees_with_a_conv_and_linear_hook_count():
+    """FlopCounterMode counts what a hand-written counter would (depthwise and grouped convolutions included)."""
+    for arch, size in [("mobilenet_v3_large", 64), ("efficientnet_b0", 32), ("resnext50_32x4d", 32), ("resnet20", 32)]:
+        model = create_model(arch, num_classes=10).eval()
+        total = 0
+
+        def conv_hook(m, _inp, out):
+            nonlocal total
+            total += out.numel() * m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+
+        def linear_hook(m, _inp, out):
+            nonlocal total
+            total += out.numel() * m.in_features
+
+        handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+                   for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+        for h in handles:
+            h.remove()
+        assert count_macs(model, (3, size, size)) == total, arch
+
+
+def test_infeasible_compute_budget_names_the_macs_ratio_that_works():
+    profile = profile_model(create_model("resnet20", num_classes=10), (3, 32, 32))
+    with pytest.raises(CompressorError) as err:
+        plan_student("resnet", 0.1, profile, 10, 3, macs_ratio=0.01)
+    message = str(err.value)
+    assert "\n" not in message and "--macs-ratio" in message
+    suggested = float(message.split("--macs-ratio ")[1].split()[0])
+    assert 0.01 < suggested <= 0.1
+    plan = plan_student("resnet", 0.1, profile, 10, 3, macs_ratio=suggested)  # the advice works
+    _check_plan(plan, profile, 0.1, suggested, 10, 3, 32)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0, -0.5, 1.5])
 def test_ratio_outside_open_interval_is_refused(ratio):
+    profile = profile_model(create_model("resnet20", num_classes=10), (3, 32, 32))
     with pytest.raises(CompressorError, match=r"\(0, 1\)"):
-        plan_student("resnet", ratio, 1_000_000, 10, 3, 32)
+        plan_student("resnet", ratio, profile, 10, 3)
 
 
-def test_impossible_budget_is_a_clear_error():
+def test_impossible_parameter_budget_is_a_clear_error():
     # 0.1 % of a 270k-parameter teacher is 270 parameters: less than a 100-class linear head.
-    with pytest.raises(CompressorError, match="too small"):
-        plan_student("resnet", 0.001, 270_000, 100, 3, 32)
-    with pytest.raises(CompressorError, match="too small"):
-        plan_student("mobilenet", 0.001, 270_000, 100, 3, 32)
+    profile = profile_model(create_model("resnet20", num_classes=100), (3, 32, 32))
+    for family in ("resnet", "mobilenet"):
+        with pytest.raises(CompressorError, match="too small"):
+            plan_student(family, 0.001, profile, 100, 3)
+
+
+def test_students_cost_less_than_their_teacher():
+    teacher = create_model("resnet20", num_classes=10)
+    profile = profile_model(teacher, (3, 32, 32))
+    for family in ("resnet", "mobilenet"):
+        student = plan_student(family, 0.2, profile, 10, 3).build(10, 3)
+        assert count_params(student) < profile.params and count_macs(student, (3, 32, 32)) < profile.macs

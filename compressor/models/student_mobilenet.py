@@ -1,24 +1,34 @@
 """The `mobilenet` student family: MobileNetV2-style inverted residual blocks
-with depthwise-separable convolutions, as the seed's students. The width of
+with depthwise-separable convolutions, as the seed's students. The stem and
+the downsampling stages follow the teacher's spatial schedule; the width of
 the final 1x1 convolution is a free integer, which lets the budget search land
-within a fraction of a percent of any parameter budget."""
+within a fraction of a percent of any parameter budget. That convolution runs
+at the smallest feature-map size, so it is also the cheapest place to hold
+parameters when the compute budget is tight."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
 from pydantic import BaseModel, Field
 
 from compressor.models.registry import register_model
+from compressor.models.student_resnet import pool_for
 
-# (expansion t, output channels at width 1.0, repeats n, stride s) for 32 px inputs.
-STAGES: list[tuple[int, int, int, int]] = [
-    (1, 16, 1, 1),
-    (6, 24, 2, 1),
-    (6, 32, 2, 2),
-    (6, 64, 2, 2),
-    (6, 96, 1, 1),
-]
 STEM_CHANNELS = 32
+# Output channels (at width 1.0) of the downsampling stages, in order, and of the stage after the last one.
+DOWN_CHANNELS = (32, 64, 96, 160, 240, 320, 480, 640)
+
+
+def stage_table(down_strides: tuple[int, ...], repeats: int = 2) -> list[tuple[int, int, int, int]]:
+    """(expansion t, channels at width 1.0, repeats n, stride s) per stage. With two stride-2 stages and two
+    repeats this is the seed's CIFAR MobileNetV2 (16, 24 at full size; 32, 64 downsampling; 96)."""
+    if len(down_strides) >= len(DOWN_CHANNELS):
+        raise ValueError(f"at most {len(DOWN_CHANNELS) - 1} downsampling stages, not {len(down_strides)}")
+    table = [(1, 16, 1, 1), (6, 24, repeats, 1)]
+    table += [(6, c, repeats, s) for c, s in zip(DOWN_CHANNELS, down_strides)]
+    return table + [(6, DOWN_CHANNELS[len(down_strides)], 1, 1)]
 
 
 def scaled(channels: int, width: float) -> int:
@@ -28,7 +38,10 @@ def scaled(channels: int, width: float) -> int:
 class MobileNetStudentSpec(BaseModel):
     width: float = Field(gt=0)
     last_channels: int = Field(ge=1)
-    stem_stride: int = 1
+    down_strides: tuple[int, ...] = (2, 2)
+    repeats: int = Field(2, ge=1)  # blocks per stage after the first
+    stem_stride: int = Field(1, ge=1)
+    stem_pool: int = Field(1, ge=1)
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
@@ -58,11 +71,9 @@ class MobileNetStudent(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, spec: MobileNetStudentSpec) -> None:
         super().__init__()
         stem = scaled(STEM_CHANNELS, spec.width)
-        layers: list[nn.Module] = [_conv_bn(in_channels, stem, 3, spec.stem_stride)]
-        if spec.stem_stride > 1:
-            layers.append(nn.MaxPool2d(2))
+        layers: list[nn.Module] = [_conv_bn(in_channels, stem, 3, spec.stem_stride), pool_for(spec.stem_pool)]
         inp = stem
-        for t, c, n, s in STAGES:
+        for t, c, n, s in stage_table(spec.down_strides, spec.repeats):
             oup = scaled(c, spec.width)
             for i in range(n):
                 layers.append(InvertedResidual(inp, oup, s if i == 0 else 1, t))
@@ -76,26 +87,32 @@ class MobileNetStudent(nn.Module):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def mobilenet_body_params(width: float, in_channels: int) -> tuple[int, int]:
-    """Parameters of everything before the final 1x1 convolution, and that convolution's input width."""
-    stem = scaled(STEM_CHANNELS, width)
-    total = 9 * in_channels * stem + 2 * stem
+def mobilenet_body_cost(spec: MobileNetStudentSpec, in_channels: int, input_size: int) -> tuple[int, int, int, int]:
+    """(parameters, multiply-adds) of everything before the final 1x1 convolution, that convolution's input
+    width, and the feature-map size it runs at; `last_channels` is not read."""
+    stem = scaled(STEM_CHANNELS, spec.width)
+    size = math.ceil(input_size / spec.stem_stride)
+    params, macs = 9 * in_channels * stem + 2 * stem, 9 * in_channels * stem * size * size
+    size = math.ceil(size / spec.stem_pool)
     inp = stem
-    for t, c, n, _ in STAGES:
-        oup = scaled(c, width)
-        for _ in range(n):
+    for t, c, n, s in stage_table(spec.down_strides, spec.repeats):
+        oup = scaled(c, spec.width)
+        for i in range(n):
             hidden = inp * t
-            if t != 1:
-                total += inp * hidden + 2 * hidden
-            total += 9 * hidden + 2 * hidden + hidden * oup + 2 * oup
+            expand = inp * hidden if t != 1 else 0
+            macs += expand * size * size
+            size = math.ceil(size / (s if i == 0 else 1))
+            params += expand + (2 * hidden if t != 1 else 0) + 9 * hidden + 2 * hidden + hidden * oup + 2 * oup
+            macs += (9 * hidden + hidden * oup) * size * size
             inp = oup
-    return total, inp
+    return params, macs, inp, size
 
 
-def count_mobilenet_student_params(spec: MobileNetStudentSpec, num_classes: int, in_channels: int) -> int:
-    body, last_in = mobilenet_body_params(spec.width, in_channels)
+def mobilenet_student_cost(spec: MobileNetStudentSpec, num_classes: int, in_channels: int, input_size: int) -> tuple[int, int]:
+    """Exact (parameters, multiply-adds at batch 1), checked against the built model in the tests."""
+    params, macs, last_in, size = mobilenet_body_cost(spec, in_channels, input_size)
     h = spec.last_channels
-    return body + last_in * h + 2 * h + h * num_classes + num_classes
+    return params + last_in * h + 2 * h + h * num_classes + num_classes, macs + last_in * h * size * size + h * num_classes
 
 
 register_model(

@@ -1,4 +1,4 @@
-"""A torchvision ResNet-34 with 100 classes, no dataset: the budget and the ONNX file are right."""
+"""A torchvision ResNet-34 with 100 classes, no dataset: both budgets, the speed-up lines and the ONNX file are right."""
 import json
 
 import numpy as np
@@ -21,6 +21,16 @@ def test_cli_on_random_resnet34_without_data(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["teacher"]["arch"] == "resnet34" and report["teacher"]["params"] == teacher_params
     assert 0.097 * teacher_params <= report["student"]["params"] <= 0.1 * teacher_params
+    # The compute budget defaults to the parameter ratio, and the student keeps the teacher's 7x7/2 stem and pool.
+    assert report["macs_ratio"] == 0.1
+    assert report["student_macs_ratio"] == report["student"]["macs"] / report["teacher"]["macs"] <= 0.1
+    assert report["spatial_schedule"] == [16, 8, 4, 2, 1]
+    assert report["student"]["spec"]["stem_pool"] == 2
+    speedup = report["deployment"]["cpu_speed"]["speedup"]
+    assert set(speedup) == {"1", "64"}
+    assert "MACs" in proc.stdout and "Speed-up over the teacher" in proc.stdout
+    first_lines = (out / "report.md").read_text().splitlines()[:4]
+    assert any("MACs" in line for line in first_lines) and any("at batch 64" in line for line in first_lines)
     assert report["student"]["accuracy"]["full"] is None
     assert report["artifacts"]["onnx"] == "student.onnx"
     session = cpu_session(out / "student.onnx")
