@@ -68,15 +68,11 @@ class CifarResNet(nn.Module):
         widths: list[int],
         num_classes: int = 10,
         in_channels: int = 3,
-        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         self.in_planes = widths[0]
-        # Large inputs (ImageNet-sized teachers) get a stride-2 stem plus max-pool,
-        # so a small student does not run its first stage at full resolution.
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stem_stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        self.stem_pool = nn.MaxPool2d(2) if stem_stride > 1 else nn.Identity()
         stages = []
         for i, (n, w) in enumerate(zip(num_blocks, widths)):
             stages.append(self._make_stage(block, w, n, stride=1 if i == 0 else 2))
@@ -94,7 +90,7 @@ class CifarResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.stem_pool(F.relu(self.bn1(self.conv1(x))))
+        out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)

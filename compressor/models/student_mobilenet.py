@@ -21,18 +21,35 @@ STEM_CHANNELS = 32
 DOWN_CHANNELS = (32, 64, 96, 160, 240, 320, 480, 640)
 
 
-def stage_table(down_strides: tuple[int, ...], repeats: int = 2) -> list[tuple[int, int, int, int]]:
-    """(expansion t, channels at width 1.0, repeats n, stride s) per stage. With two stride-2 stages and two
-    repeats this is the seed's CIFAR MobileNetV2 (16, 24 at full size; 32, 64 downsampling; 96)."""
-    if len(down_strides) >= len(DOWN_CHANNELS):
-        raise ValueError(f"at most {len(DOWN_CHANNELS) - 1} downsampling stages, not {len(down_strides)}")
-    table = [(1, 16, 1, 1), (6, 24, repeats, 1)]
-    table += [(6, c, repeats, s) for c, s in zip(DOWN_CHANNELS, down_strides)]
-    return table + [(6, DOWN_CHANNELS[len(down_strides)], 1, 1)]
+def stage_table(down_strides: tuple[int, ...], repeats: int = 2, strided_stem: bool = False) -> list[tuple[int, int, int, int]]:
+    """(expansion t, channels at width 1.0, repeats n, stride s) per stage.
+
+    Behind a stride-1 stem (CIFAR-style teachers) the 24-channel stage stays at full size: with two
+    stride-2 stages and two repeats this is the seed's CIFAR MobileNetV2 (16, 24; 32, 64 downsampling; 96).
+    Behind a strided stem (ImageNet-style teachers) it downsamples, as in MobileNetV2 itself: expanded
+    blocks at the stem's size are memory-bound on a CPU and cost far more time than their MACs say.
+    """
+    channels = (24, *DOWN_CHANNELS) if strided_stem else DOWN_CHANNELS
+    if len(down_strides) >= len(channels):
+        raise ValueError(f"at most {len(channels) - 1} downsampling stages, not {len(down_strides)}")
+    table = [(1, 16, 1, 1)] + ([] if strided_stem else [(6, 24, repeats, 1)])
+    table += [(6, c, repeats, s) for c, s in zip(channels, down_strides)]
+    return table + [(6, channels[len(down_strides)], 1, 1)]
 
 
 def scaled(channels: int, width: float) -> int:
-    return max(4, int(round(channels * width)))
+    """Channels at a width multiplier, in multiples of 8 from 8 up (as torchvision's `_make_divisible`):
+    ONNX Runtime's CPU kernels work in blocks of 8 or 16 channels and pad the rest, so 10 channels cost what
+    16 do, plus layout conversions. Below 8 the count stays exact (at least 4) for the smallest budgets."""
+    c = channels * width
+    if c < 7.5:
+        return max(4, int(round(c)))
+    return max(8, int(c + 4) // 8 * 8)
+
+
+def expanded(channels: int, expansion: int) -> int:
+    """The hidden width of an inverted residual block, on the same channel grid as `scaled`."""
+    return channels if expansion == 1 else scaled(channels * expansion, 1.0)
 
 
 class MobileNetStudentSpec(BaseModel):
@@ -54,7 +71,7 @@ def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act:
 class InvertedResidual(nn.Module):
     def __init__(self, inp: int, oup: int, stride: int, expand: int) -> None:
         super().__init__()
-        hidden = inp * expand
+        hidden = expanded(inp, expand)
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(_conv_bn(inp, hidden, 1))
@@ -73,7 +90,7 @@ class MobileNetStudent(nn.Module):
         stem = scaled(STEM_CHANNELS, spec.width)
         layers: list[nn.Module] = [_conv_bn(in_channels, stem, 3, spec.stem_stride), pool_for(spec.stem_pool)]
         inp = stem
-        for t, c, n, s in stage_table(spec.down_strides, spec.repeats):
+        for t, c, n, s in stage_table(spec.down_strides, spec.repeats, spec.stem_stride * spec.stem_pool > 1):
             oup = scaled(c, spec.width)
             for i in range(n):
                 layers.append(InvertedResidual(inp, oup, s if i == 0 else 1, t))
@@ -95,10 +112,10 @@ def mobilenet_body_cost(spec: MobileNetStudentSpec, in_channels: int, input_size
     params, macs = 9 * in_channels * stem + 2 * stem, 9 * in_channels * stem * size * size
     size = math.ceil(size / spec.stem_pool)
     inp = stem
-    for t, c, n, s in stage_table(spec.down_strides, spec.repeats):
+    for t, c, n, s in stage_table(spec.down_strides, spec.repeats, spec.stem_stride * spec.stem_pool > 1):
         oup = scaled(c, spec.width)
         for i in range(n):
-            hidden = inp * t
+            hidden = expanded(inp, t)
             expand = inp * hidden if t != 1 else 0
             macs += expand * size * size
             size = math.ceil(size / (s if i == 0 else 1))
