@@ -106,8 +106,8 @@ def _quick_setup(data: LabelledData, work: Path, device: torch.device) -> tuple[
     return teacher_path, small
 
 
-def _npz_of(split: Split, classes: list[str], path: Path) -> Path:
-    """The test split as an .npz, so the compressor's own loader evaluates exactly the split reported here."""
+def npz_of(split: Split, classes: list[str], path: Path) -> Path:
+    """A split as an .npz, so the compressor's own loader evaluates exactly the split reported (or tuned on) here."""
     np.savez(path, images=(split.images * 255).round().byte().permute(0, 2, 3, 1).numpy(),
              labels=split.labels.numpy(), class_names=np.array(classes))
     return path
@@ -122,13 +122,14 @@ def run_data_free(method: str, teacher: Path, test_npz: Path, ratio: float, args
     preset = "seed" if method == "dfad" else "default"
     fields = {**preset_overrides(preset)}
     fields["method"] = fields.get("method", MethodSettings()).model_copy(update={"name": method})
-    steps = max(1, args.student_steps // 5)
+    k = fields["method"].round[1]
+    steps = max(1, args.student_steps // k)
     cfg = RunConfig(
         out_dir=str(out), preset=preset, teacher=TeacherConfig(path=str(teacher)),
         student=StudentConfig(family=args.student, ratio=ratio),
         eval=EvalConfig(dataset=str(test_npz), eval_every=max(1, steps // args.eval_points)),
-        steps=steps, student_steps=5, batch_size=args.batch_size, seed=args.seed, device=args.device,
-        export_onnx=False, **{k: v for k, v in fields.items() if k not in ("batch_size", "student_steps", "steps")},
+        steps=steps, batch_size=args.batch_size, seed=args.seed, device=args.device,
+        export_onnx=False, **{name: v for name, v in fields.items() if name not in ("batch_size", "steps")},
     )
     width = args.generator_width or (32 if args.quick else None)
     if width:
@@ -141,8 +142,8 @@ def run_data_free(method: str, teacher: Path, test_npz: Path, ratio: float, args
         "wall_seconds": report["wall_seconds"],
         "images_per_second": report["images_per_second"],
         "accuracy": report["student"]["accuracy"],
-        "curve": [[h["step"] * 5, h.get("accuracy")] for h in report["history"]],
-        "selected_step": report["selection"]["best_step"] * 5,
+        "curve": [[h["step"] * k, h.get("accuracy")] for h in report["history"]],
+        "selected_step": report["selection"]["best_step"] * k,
     }
 
 
@@ -241,7 +242,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         if not teacher_path.exists():
             raise CompressorError(f"no teacher at {teacher_path}: run 'python -m benchmarks.cifar10 teacher' first")
     teacher = load_teacher(teacher_path)
-    test_npz = _npz_of(data.test, data.class_names, work / "test.npz")
+    test_npz = npz_of(data.test, data.class_names, work / "test.npz")
     teacher_acc = _accuracy_on(teacher.model, data.test, device)
     command = "python -m benchmarks.cifar10 " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
     tables = []

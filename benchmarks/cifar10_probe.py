@@ -3,8 +3,9 @@
     python -m benchmarks.cifar10_probe NAME '{"method": {"adversarial_weight": 0.0}}' [--updates 500] [--ratio 0.2]
 
 The JSON is merged into the run's RunConfig (generator width 32 unless it says otherwise); prints one JSON line
-with the selected student's top-1 on the full test set and the curve. The test set comes from the .npz that
-`python -m benchmarks.cifar10 run` writes into its work folder.
+with the selected student's top-1 on a **validation split held out of train/** (5,000 images, 500 per class,
+seeded) and the curve on it. Tuning is decided on that figure; test/ is never read here, it is only reported by
+`python -m benchmarks.cifar10 run`. The split is written once to runs/bench-cifar10/val.npz.
 """
 from __future__ import annotations
 
@@ -12,12 +13,29 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from compressor.config import EvalConfig, RunConfig, StudentConfig, TeacherConfig
 from compressor.distill import run
-from benchmarks.cifar10 import TEACHER_DIR
+from benchmarks.cifar10 import TEACHER_DIR, npz_of, load_cifar10
+from compressor.data import Split, stratified_subset
+
+VALIDATION_SEED = 2026
+
+
+def validation_npz(path: Path, data: str | None) -> Path:
+    """The validation split: a seeded, stratified 10 % of train/, written once as an .npz the compressor can read."""
+    if not path.exists():
+        cifar = load_cifar10(data)
+        train = cifar.train
+        if train is None:
+            raise SystemExit("error: the CIFAR-10 source has no train/ split to hold a validation split out of")
+        idx = stratified_subset(train.labels, 0.1, seed=VALIDATION_SEED)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        npz_of(Split(train.images[idx], train.labels[idx]), cifar.class_names, path)
+    return path
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -35,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="?", default="{}")
     p.add_argument("--updates", type=int, default=500, help="student updates")
     p.add_argument("--ratio", type=float, default=0.2)
-    p.add_argument("--test-npz", default="runs/bench-cifar10/test.npz")
+    p.add_argument("--val-npz", default="runs/bench-cifar10/val.npz")
+    p.add_argument("--data", help="CIFAR-10 source for the validation split (default ../shared/datasets archive)")
     p.add_argument("--out-root", default="runs/probes")
     args = p.parse_args(argv)
     try:
@@ -46,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("overrides must be a JSON object, e.g. '{\"method\": {\"temperature\": 1}}'")
     base = RunConfig(
         out_dir=f"{args.out_root}/{args.name}", teacher=TeacherConfig(path=str(TEACHER_DIR / "cifar10_resnet20.pth")),
-        student=StudentConfig(ratio=args.ratio), eval=EvalConfig(dataset=args.test_npz),
+        student=StudentConfig(ratio=args.ratio), eval=EvalConfig(dataset=str(validation_npz(Path(args.val_npz), args.data))),
         batch_size=128, seed=0, device="cpu", export_onnx=False,
     ).model_dump()
     try:
@@ -54,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         p.error(f"invalid override {'.'.join(str(x) for x in first['loc'])}: {first['msg']}")
-    k_s = cfg.student_steps  # the update budget is fixed; iterations follow from k_s
+    k_s = cfg.method.round[1]  # the update budget is fixed; rounds follow from k
     cfg.steps = max(1, args.updates // k_s)
     cfg.eval.eval_every = max(1, cfg.steps // 5)
     started = time.time()
     report = run(cfg, quiet=True).report
-    print(json.dumps({"name": args.name, "overrides": overrides, "top1": report["student"]["accuracy"]["full"],
+    print(json.dumps({"name": args.name, "overrides": overrides, "val_top1": report["student"]["accuracy"]["full"],
                       "curve": [(h["step"] * k_s, h.get("accuracy")) for h in report["history"]],
                       "wall_seconds": round(time.time() - started), "images_per_second": report["images_per_second"]}))
     return 0

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="evaluation data: cifar10, cifar100, digits, an image folder or an .npz")
     p.add_argument("--data-dir", help="where cifar10/cifar100 live (torchvision layout)")
     p.add_argument("--download", action="store_true", default=None, help="allow torchvision to download CIFAR")
-    p.add_argument("--steps", type=int, help="iterations: one generator update and its k_s student updates each")
+    p.add_argument("--steps", type=int, help="rounds: g generator updates on one batch, then k student updates (g, k: the method's)")
     p.add_argument("--method", choices=["default", "dfad"])
     p.add_argument("--macs-ratio", type=float,
                    help="student multiply-adds / teacher multiply-adds at the teacher's input size (default: --ratio)")

@@ -28,20 +28,36 @@ class OptimizerConfig(Strict):
     schedule: Literal["cosine", "constant"] = "cosine"
 
 
+# g generator steps and k student steps per round, by method, where the settings leave them unset.
+ROUND_DEFAULTS: dict[str, tuple[int, int]] = {"dfad": (1, 5), "default": (5, 10)}
+
+
 class MethodSettings(Strict):
-    """Weights of each term; `dfad` uses none of them (it is the plain min-max on L1)."""
+    """What a method minimises and stores, and its round: g generator steps on one batch, then k student steps.
+
+    `dfad` uses only the round (it is the plain min-max on L1, k_g = 1, k_s = 5 as the seed); the rest is the
+    default method's. Defaults were chosen on a validation split of CIFAR-10's train/ (benchmarks/RESULTS.md).
+    """
 
     name: MethodName = "default"
+    generator_steps: int | None = Field(None, gt=0)  # g per round; None: ROUND_DEFAULTS
+    student_steps: int | None = Field(None, gt=0)  # k per round; None: ROUND_DEFAULTS
     bn_weight: float = Field(1.0, ge=0)
     adversarial_weight: float = Field(0.5, ge=0)
     balance_weight: float = Field(1.0, ge=0)
     one_hot_weight: float = Field(0.5, ge=0)
     adversarial_on_agreement: bool = True
     temperature: float = Field(4.0, gt=0)
-    replay_size: int = Field(4096, ge=0)
-    replay_fraction: float = Field(0.5, ge=0, lt=1)
-    augment: bool = True
+    pool_size: int = Field(50_000, ge=1)  # synthetic images kept (uint8, memory-mapped in the run folder)
+    generator_reset_every: int = Field(0, ge=0)  # re-initialise the generator every this many rounds (0: never)
+    augment: bool = True  # random crops of the pool's images, in whole pixels
     flip: bool = True
+
+    @property
+    def round(self) -> tuple[int, int]:
+        """(g, k): generator and student updates per round, the method's defaults where unset."""
+        g, k = ROUND_DEFAULTS[self.name]
+        return self.generator_steps or g, self.student_steps or k
 
 
 class TeacherConfig(Strict):
@@ -104,10 +120,8 @@ class RunConfig(Strict):
     eval: EvalConfig = EvalConfig()
     student_optim: OptimizerConfig = OptimizerConfig(name="sgd", lr=0.1, weight_decay=5e-4)
     generator_optim: OptimizerConfig = OptimizerConfig(name="adam", lr=1e-3, betas=(0.5, 0.999), schedule="constant")
-    steps: int = Field(400, gt=0)
+    steps: int = Field(400, gt=0)  # rounds: method.generator_steps generator updates, then method.student_steps student updates
     batch_size: int = Field(128, gt=1)
-    student_steps: int = Field(5, gt=0)  # k_s: student updates per generator update
-    generator_steps: int = Field(1, gt=0)  # k_g
     grad_clip: float | None = Field(5.0, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -124,8 +138,6 @@ def preset_overrides(preset: PresetName) -> dict:
             "student_optim": OptimizerConfig(name="adam", lr=1e-4, schedule="constant"),
             "generator_optim": OptimizerConfig(name="adam", lr=7e-5, schedule="constant"),
             "batch_size": 128,
-            "student_steps": 5,
-            "generator_steps": 1,
             "generator": GeneratorConfig(noise_dim=100),
         }
     if preset == "paper":

@@ -1,10 +1,11 @@
 """THE loop: data-free distillation of a teacher into a budgeted student.
 
 Read top to bottom: set-up (teacher, student, generator, method, optimisers,
-resume), one `for step` loop (generator update, k_s student updates,
-evaluation, selection, checkpoint), then the final evaluation, ONNX export
-and report. Methods only say what is minimised (compressor.methods); every
-other decision lives here.
+resume), one `for step` loop of rounds (g generator updates on one batch, which
+the method may store; k student updates on batches the method draws;
+evaluation, selection, checkpoint), then the final evaluation, ONNX export and
+report. Methods only say what is minimised and what is stored
+(compressor.methods); every other decision lives here.
 
 Written so that DDP can be added without restructuring: each rank draws its
 own noise from `seed + rank`, only the student and generator train, and only
@@ -116,10 +117,12 @@ def resolve_student(cfg: RunConfig, teacher: LoadedTeacher) -> tuple[nn.Module, 
     return plan.build(t.num_classes, t.in_channels), plan, profile
 
 
-def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
+    """On CUDA the fused kernels: one launch per step for all parameters instead of one per tensor."""
+    fused = {"fused": True} if device.type == "cuda" else {}
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True, **fused)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **fused)
 
 
 def make_schedule(opt: torch.optim.Optimizer, cfg: OptimizerConfig, steps: int):
@@ -200,9 +203,11 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     student = student.to(device)
     generator = Generator(cfg.generator.noise_dim, t.in_channels, t.input_size, t.mean, t.std, cfg.generator.width).to(device)
     if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its fastest kernels once
         for m in (teacher, student, generator):
             m.to(memory_format=torch.channels_last)
-    method = create_method(cfg.method.name, teacher, student, generator, cfg.method)
+    method = create_method(cfg.method.name, teacher, student, generator, cfg.method, run_dir)
+    g_steps, k_steps = cfg.method.round
     if cfg.method.name == "default" and len(getattr(method, "bn_stats", [])) == 0:
         tqdm.write("warning: the teacher has no BatchNorm layers, so the batch-norm statistics term is off; "
                    "expect a weaker student (the adversarial, balance and one-hot terms remain)")
@@ -215,8 +220,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             f"{student_macs / 1e6:.1f} M MACs ({100 * student_macs / teacher_macs:.2f} %) | {cfg.method.name} on {device}"
         )
 
-    opt_s = make_optimizer(student.parameters(), cfg.student_optim)
-    opt_g = make_optimizer(generator.parameters(), cfg.generator_optim)
+    opt_s = make_optimizer(student.parameters(), cfg.student_optim, device)
+    opt_g = make_optimizer(generator.parameters(), cfg.generator_optim, device)
     sched_s = make_schedule(opt_s, cfg.student_optim, cfg.steps)
     sched_g = make_schedule(opt_g, cfg.generator_optim, cfg.steps)
 
@@ -302,46 +307,74 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     first_diversity: float | None = None
     step = start_step
     synth_time, synthesised = 0.0, 0  # this session's training time and images drawn from the generator
+    # Losses stay tensors until evaluation time: reading one (.item()) makes the host wait for the GPU.
+    pending: list[tuple[dict, dict[str, torch.Tensor]]] = []
+
+    def flush_metrics() -> None:
+        """Write the buffered steps' records (and warn of collapse), reading their losses in one go."""
+        nonlocal first_diversity, last_flush
+        last_flush = time.time()
+        for record, logs in pending:
+            values = {k: round(v.item(), 6) for k, v in logs.items()}
+            if "diversity" in values:  # collapse: every image alike; say so instead of silently training on it
+                first_diversity = first_diversity or values["diversity"]
+                if values["diversity"] < 0.02 * first_diversity:
+                    tqdm.write(f"warning: generator collapse suspected at step {record['step']} "
+                               f"(batch diversity {values['diversity']:.4f})")
+            if is_main:
+                append_jsonl(run_dir / "metrics.jsonl", {"step": record["step"], **values, **{k: v for k, v in record.items() if k != "step"}})
+        if pending:
+            last = {k: round(v.item(), 3) for k, v in pending[-1][1].items() if k in ("s_loss", "g_bn")}
+            bar.set_postfix(**last, **({"acc": f"{last_eval_acc:.3f}"} if last_eval_acc is not None else {}))
+        pending.clear()
+
+    loop_started = last_flush = time.time()
     try:
         for step in range(start_step, cfg.steps):
             if stop_at_step is not None and step >= stop_at_step:
                 break
-            logs: dict[str, float] = {}
+            logs: dict[str, torch.Tensor] = {}
             tic = time.time()
 
-            # 1. Generator: k_g updates towards what the method wants synthesised.
+            # 1. Synthesis: g generator updates on one batch of noise (from a fresh generator every
+            #    `generator_reset_every` rounds, if the method asks for it); the method stores the batch it ended with.
+            every = cfg.method.generator_reset_every
+            if every and step % every == 0 and step > 0:
+                for m in generator.modules():
+                    if m is not generator and hasattr(m, "reset_parameters"):
+                        m.reset_parameters()
+                opt_g.state.clear()
             student.requires_grad_(False)
             generator.train()
-            for _ in range(cfg.generator_steps):
-                z = noise()
+            z = noise()
+            for _ in range(g_steps):
                 with amp():
-                    loss_g, logs_g = method.generator_loss(SynthBatch(z, generator(z)))
+                    images = generator(z)
+                    loss_g, logs_g = method.generator_loss(SynthBatch(z, images))
                 optimizer_step(opt_g, loss_g, generator, cfg.grad_clip)
                 synthesised += len(z)
                 logs.update(logs_g)
+            method.store(images.detach())
             student.requires_grad_(True)
 
-            # 2. Student: k_s updates on detached synthetic batches.
+            # 2. Student: k updates, each on a batch the method draws (its pool, or fresh from the generator).
             student.train()
-            for _ in range(cfg.student_steps):
-                z = noise(method.fresh_count(cfg.batch_size))
-                with torch.no_grad(), amp():
-                    images = generator(z)
+            for _ in range(k_steps):
+                batch = method.student_batch(cfg.batch_size)
                 with amp():
-                    loss_s, logs_s = method.student_loss(SynthBatch(z, images.detach()))
+                    loss_s, logs_s = method.student_loss(batch)
                 optimizer_step(opt_s, loss_s, student, cfg.grad_clip)
-                synthesised += len(z)
+                synthesised += batch.synthesised
                 logs.update(logs_s)
             sched_s.step()
             sched_g.step()
             synth_time += time.time() - tic
 
             done = step + 1
-            record = {"step": done, **{k: round(v, 6) for k, v in logs.items()}, "lr": sched_s.get_last_lr()[0]}
-            if "diversity" in logs:  # collapse: every image alike; say so instead of silently training on it
-                first_diversity = first_diversity or logs["diversity"]
-                if logs["diversity"] < 0.02 * first_diversity:
-                    tqdm.write(f"warning: generator collapse suspected at step {done} (batch diversity {logs['diversity']:.4f})")
+            record = {"step": done, "lr": sched_s.get_last_lr()[0]}
+            pending.append((record, logs))
+            if device.type != "cuda" or time.time() - last_flush > 5:  # a CPU loses nothing by reading at once
+                flush_metrics()
 
             # 3. Evaluation, selection and checkpoint, every eval_every steps and at the end.
             if done % cfg.eval.eval_every == 0 or done == cfg.steps:
@@ -376,27 +409,24 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                     eval_record["accuracy"] = last_eval_acc
                 history.append(eval_record)
                 record["eval"] = eval_record
+                flush_metrics()
                 if is_main:
                     state = checkpoint_state(done)
                     save_checkpoint(ckpt_dir / "last.pt", state)
                     if best_step == done:
                         save_checkpoint(ckpt_dir / "best.pt", state)
-            if is_main:
-                append_jsonl(run_dir / "metrics.jsonl", record)
             bar.update(1)
-            bar.set_postfix(
-                s_loss=f"{logs.get('s_loss', 0):.3f}",
-                **({"g_bn": f"{logs['g_bn']:.2f}"} if "g_bn" in logs else {}),
-                **({"acc": f"{last_eval_acc:.3f}"} if last_eval_acc is not None else {}),
-            )
         else:
             step = cfg.steps
     except KeyboardInterrupt:
+        flush_metrics()
         bar.close()
         if is_main:
             save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))
         raise Interrupted(step, run_dir) from None
+    flush_metrics()
     bar.close()
+    loop_ended = time.time()
     if step < cfg.steps:  # stopped early on purpose: leave a resumable checkpoint
         if is_main:
             save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))
@@ -462,11 +492,14 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         "method": cfg.method.name,
         "preset": cfg.preset,
         "steps": cfg.steps,
-        "student_updates": cfg.steps * cfg.student_steps,
+        "student_updates": cfg.steps * k_steps,
+        "round": {"generator_steps": g_steps, "student_steps": k_steps},
         "batch_size": cfg.batch_size,
         "images_synthesised": synthesised if start_step == 0 else None,
         "images_per_second": synthesised / max(synth_time, 1e-9) if start_step == 0 else None,
         "wall_seconds": wall,
+        "timing": {"setup_seconds": loop_started - started, "loop_seconds": loop_ended - loop_started,
+                   "finish_seconds": time.time() - loop_ended},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "dataset": cfg.eval.dataset,
         "selection": {

@@ -7,6 +7,9 @@ teachers are benchmarked the same way), `calibration.npz` (generator samples: IN
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -15,11 +18,11 @@ import torch
 import torch.nn as nn
 
 from compressor.config import RunConfig
-from compressor.data import Split
+from compressor.data import Split, cache_dir
 from compressor.errors import CompressorError
 from compressor.evaluate import normalise
 from export.bench import benchmark
-from export.onnx import ExportError, export_onnx, verify_onnx
+from export.onnx import ExportError, export_onnx, set_metadata, verify_onnx
 from export.providers import make_session
 from export.quantize import to_fp16, to_int8
 
@@ -50,6 +53,29 @@ def _export_verified(model: nn.Module, checks: list[torch.Tensor], shape, path: 
         raise CompressorError(f"ONNX export of {path.name} failed verification: {exc}") from None
 
 
+def _cached_teacher_onnx(teacher: nn.Module, checks, shape, path: Path, metadata: dict, cfg: RunConfig) -> float:
+    """The teacher's verified ONNX file, exported and checked once per teacher file and input (a ResNet-50 takes
+    many seconds): later runs copy it from the cache folder, keyed by the teacher's sha256, and set this run's
+    metadata. Returns the verified max |logit difference|."""
+    t = cfg.teacher
+    key = f"{t.sha256}-{t.in_channels}x{t.input_size}"
+    cached, record = cache_dir() / "teachers" / f"{key}.onnx", cache_dir() / "teachers" / f"{key}.json"
+    if cached.is_file() and record.is_file():
+        shutil.copyfile(cached, path)
+        set_metadata(path, metadata)
+        return float(json.loads(record.read_text())["max_abs_logit_diff"])
+    diff = _export_verified(teacher, checks, shape, path, metadata)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, cached)
+        record.write_text(json.dumps({"max_abs_logit_diff": diff}))
+    except OSError:  # a read-only or full cache only costs the next run the export
+        pass
+    return diff
+
+
 def onnx_accuracy(path: Path, test: Split, mean, std) -> float:
     session, _ = make_session(path, "cpu")
     x = normalise(test.images, mean, std).numpy().astype(np.float32)
@@ -78,7 +104,7 @@ def export_run(
 
     student_path, teacher_path = run_dir / "student.onnx", run_dir / "teacher.onnx"
     student_diff = _export_verified(student, checks, shape, student_path, _metadata(cfg, student, "student", student_accuracy))
-    teacher_diff = _export_verified(teacher, checks, shape, teacher_path, _metadata(cfg, teacher, "teacher", teacher_accuracy))
+    teacher_diff = _cached_teacher_onnx(teacher, checks, shape, teacher_path, _metadata(cfg, teacher, "teacher", teacher_accuracy), cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(student, synthetic[:2]), str(run_dir / "student.pt"))

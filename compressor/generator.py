@@ -59,3 +59,7 @@ class Generator(nn.Module):
 
     def to_pixels(self, normalised: torch.Tensor) -> torch.Tensor:
         return normalised * self.std + self.mean
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] into the teacher's input space (what `forward` returns)."""
+        return (pixels - self.mean) / self.std

@@ -10,23 +10,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from compressor.augment import random_crop_flip
 from compressor.data import Split
 from compressor.evaluate import normalise
 from compressor.methods.losses import kl_at_temperature
-
-
-def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> torch.Tensor:
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1)
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w)
-    out = padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(x.shape[1]).view(1, -1, 1, 1), rows, cols]
-    if flip:
-        mirror = torch.rand(n, generator=g) < 0.5
-        out[mirror] = out[mirror].flip(-1)
-    return out
 
 
 def train_classifier(

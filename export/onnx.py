@@ -49,9 +49,15 @@ def export_onnx(
             opset_version=opset,
             dynamo=False,
         )
+    onnx.checker.check_model(str(path))
+    return set_metadata(path, metadata or {})
+
+
+def set_metadata(path: str | Path, metadata: dict[str, object]) -> Path:
+    """Replace the file's metadata; values that are not strings are stored as JSON."""
     proto = onnx.load(str(path))
-    onnx.checker.check_model(proto)
-    for key, value in (metadata or {}).items():
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key = key
         entry.value = value if isinstance(value, str) else json.dumps(value)

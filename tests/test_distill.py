@@ -3,12 +3,14 @@ import json
 
 import torch
 
-from compressor.config import EvalConfig, GeneratorConfig, RunConfig, StudentConfig, TeacherConfig
+import pytest
+
+from compressor.config import EvalConfig, GeneratorConfig, MethodSettings, RunConfig, StudentConfig, TeacherConfig
 from compressor.distill import run
 from compressor.models import create_model
 
 
-def _tiny_config(tmp_path, name: str, steps: int = 6, dataset: str | None = None) -> RunConfig:
+def _tiny_config(tmp_path, name: str, steps: int = 6, dataset: str | None = None, pool_size: int = 50_000) -> RunConfig:
     teacher = tmp_path / "teacher.pth"
     if not teacher.exists():
         torch.manual_seed(0)
@@ -21,15 +23,17 @@ def _tiny_config(tmp_path, name: str, steps: int = 6, dataset: str | None = None
         eval=EvalConfig(dataset=dataset, eval_every=2, heldout_per_eval=16),
         steps=steps,
         batch_size=16,
-        student_steps=2,
+        method=MethodSettings(generator_steps=2, student_steps=2, pool_size=pool_size),
         device="cpu",
         export_onnx=False,
     )
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
-    straight = run(_tiny_config(tmp_path, "straight"), quiet=True)
-    cfg = _tiny_config(tmp_path, "resumed")
+@pytest.mark.parametrize("pool_size", [50_000, 24], ids=["pool-append-only", "pool-wrapped"])
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, pool_size):
+    """The synthetic pool is part of the state: a 24-image pool has wrapped (6 rounds of 16) before the stop."""
+    straight = run(_tiny_config(tmp_path, "straight", pool_size=pool_size), quiet=True)
+    cfg = _tiny_config(tmp_path, "resumed", pool_size=pool_size)
     partial = run(cfg, stop_at_step=3, quiet=True)
     assert not partial.finished
     assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
@@ -62,3 +66,24 @@ def test_selection_never_touches_test_labels(tmp_path):
     without = run(_tiny_config(tmp_path, "without"), quiet=True)
     assert [h["selection_score"] for h in with_data.history] == [h["selection_score"] for h in without.history]
     assert with_data.report["student"]["accuracy"]["full"] is not None
+
+
+def test_teacher_onnx_is_exported_once_per_teacher_and_carries_each_runs_metadata(tmp_path, monkeypatch):
+    from compressor.data import cache_dir
+    from export.onnx import cpu_session, read_metadata
+
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "cache"))
+    first = _tiny_config(tmp_path, "first", steps=1).model_copy(update={"export_onnx": True})
+    run(first, quiet=True)
+    cached = list((cache_dir() / "teachers").glob("*.onnx"))
+    assert len(cached) == 1 and cached[0].name.startswith(first.teacher.sha256)
+    second = _tiny_config(tmp_path, "second", steps=1).model_copy(update={"export_onnx": True})
+    second.method = second.method.model_copy(update={"name": "dfad"})
+    report = run(second, quiet=True).report
+    meta = read_metadata(tmp_path / "second" / "teacher.onnx")
+    assert meta["method"] == "dfad" and meta["role"] == "teacher"
+    assert report["deployment"]["verification"]["teacher_max_abs_logit_diff"] <= 1e-4
+    x = torch.randn(3, 1, 16, 16).numpy()
+    a = cpu_session(tmp_path / "first" / "teacher.onnx").run(None, {"input": x})[0]
+    b = cpu_session(tmp_path / "second" / "teacher.onnx").run(None, {"input": x})[0]
+    assert (a == b).all()

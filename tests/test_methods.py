@@ -1,12 +1,14 @@
 import math
 
+import pytest
+
 import torch
 import torch.nn as nn
 
 from compressor.config import MethodSettings
 from compressor.generator import Generator
 from compressor.methods import SynthBatch, create_method
-from compressor.methods.default import ReplayPool
+from compressor.methods.pool import SyntheticPool
 from compressor.methods.losses import BatchNormStatistics, class_balance, kl_at_temperature
 from compressor.models import create_model
 
@@ -40,42 +42,65 @@ def test_bn_statistics_loss_grows_with_distribution_shift():
     assert stats.collect().item() == 0.0
 
 
-def _parts(method: str):
+def _parts(method: str, workdir):
     torch.manual_seed(0)
     teacher = create_model("resnet20", num_classes=10).eval().requires_grad_(False)
     student = create_model("resnet20", num_classes=10)
     gen = Generator(16, 3, 32, (0.5,) * 3, (0.25,) * 3, width=8)
-    return create_method(method, teacher, student, gen, MethodSettings(name=method, replay_size=64)), gen
+    return create_method(method, teacher, student, gen, MethodSettings(name=method, pool_size=64), workdir), gen
 
 
-def test_dfad_generator_maximises_the_students_l1_loss():
-    method, gen = _parts("dfad")
+def test_dfad_generator_maximises_the_students_l1_loss(tmp_path):
+    method, gen = _parts("dfad", tmp_path)
     z = torch.randn(8, 16)
     images = gen(z)
     g_loss, g_logs = method.generator_loss(SynthBatch(z, images))
     s_loss, _ = method.student_loss(SynthBatch(z, images.detach()))
     assert g_loss.item() < 0 and abs(g_loss.item() + s_loss.item()) < 1e-4
     assert g_logs["g_adv"] > 0
+    batch = method.student_batch(5)  # the seed's student learns from fresh generator images
+    assert batch.synthesised == 5 and batch.images.shape == (5, 3, 32, 32)
 
 
-def test_default_method_terms_and_replay_pool_state():
-    method, gen = _parts("default")
+def test_default_method_terms_pool_and_student_batches(tmp_path):
+    method, gen = _parts("default", tmp_path)
     z = torch.randn(8, 16)
-    g_loss, logs = method.generator_loss(SynthBatch(z, gen(z)))
+    images = gen(z)
+    g_loss, logs = method.generator_loss(SynthBatch(z, images))
     g_loss.backward()
     assert logs["g_bn"] > 0 and set(logs) >= {"g_adv", "g_balance", "g_onehot", "diversity"}
     assert all(p.grad is not None for p in gen.parameters() if p.requires_grad)
     for _ in range(3):
-        s_loss, _ = method.student_loss(SynthBatch(z, gen(z).detach()))
-        assert torch.isfinite(s_loss)
-    assert method.pool.size == 24
-    state = method.state_dict()
-    pool = ReplayPool(64)
-    pool.load_state_dict(state["pool"], torch.device("cpu"))
-    assert pool.size == 24 and torch.equal(pool.images[:24], method.pool.images[:24])
+        method.store(gen(torch.randn(8, 16)).detach())
+    assert method.pool.size == 24 and (tmp_path / "pool.u8").is_file()
+    batch = method.student_batch(32)  # drawn from the pool: nothing new synthesised
+    assert batch.synthesised == 0 and batch.images.shape == (32, 3, 32, 32)
+    pixels = gen.to_pixels(batch.images)
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    s_loss, _ = method.student_loss(batch)
+    assert torch.isfinite(s_loss)
 
 
-def test_replay_pool_wraps_around():
-    pool = ReplayPool(5)
-    pool.add(torch.arange(7.0).view(7, 1))
-    assert pool.size == 5 and sorted(pool.images.flatten().tolist()) == [2.0, 3.0, 4.0, 5.0, 6.0]
+def test_pool_stores_pixels_as_bytes_and_restores_its_state(tmp_path):
+    pool = SyntheticPool(10, tmp_path / "a.u8")
+    pixels = torch.rand(4, 3, 8, 8)
+    pool.add(pixels)
+    assert pool.data.dtype == torch.uint8 and torch.allclose(pool.data[:4].float() / 255, pixels, atol=0.5 / 255 + 1e-6)
+    again = SyntheticPool(10, tmp_path / "a.u8")  # append-only: the file is the state, the checkpoint its size
+    again.load_state_dict(pool.state_dict())
+    assert again.size == 4 and torch.equal(again.data[:4], pool.data[:4])
+    missing = SyntheticPool(10, tmp_path / "gone.u8")
+    with pytest.raises(FileNotFoundError):
+        missing.load_state_dict({**pool.state_dict(), "shape": [3, 8, 8]})
+
+
+def test_pool_wraps_around_and_then_checkpoints_its_bytes(tmp_path):
+    pool = SyntheticPool(5, tmp_path / "p.u8")
+    pool.add(torch.arange(7.0).view(7, 1, 1, 1) / 255)
+    assert pool.size == 5 and sorted(pool.data.flatten().tolist()) == [2, 3, 4, 5, 6]
+    state = pool.state_dict()
+    assert state["wrapped"] and state["bytes"] is not None
+    pool.add(torch.full((2, 1, 1, 1), 9 / 255))  # written after the checkpoint
+    restored = SyntheticPool(5, tmp_path / "p.u8")
+    restored.load_state_dict(state)
+    assert torch.equal(restored.data, state["bytes"])

@@ -7,31 +7,42 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from compressor.generator import Generator
 
-Logs = dict[str, float]
+Logs = dict[str, torch.Tensor]  # detached scalars: the loop reads them at evaluation time, not every step
 
 
 @dataclass
 class SynthBatch:
-    """Noise and the images the generator made from it (with grad for a generator step, detached for a student step)."""
+    """Images in the teacher's input space: made by the generator from `z` just now (with grad for a generator
+    step, detached for a student step), or drawn from a pool of earlier ones (`z` is None)."""
 
-    z: torch.Tensor
+    z: torch.Tensor | None
     images: torch.Tensor
+
+    @property
+    def synthesised(self) -> int:
+        """How many of these images the generator made for this batch (what images/s counts)."""
+        return 0 if self.z is None else len(self.z)
 
 
 class Method(ABC):
+    """One round of the loop is: `generator_loss` minimised for g steps on one batch of noise, `store` of the
+    batch the round ended with, then k student steps, each `student_loss` on a `student_batch`."""
+
     name: str = "base"
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, generator: Generator, settings) -> None:
+    def __init__(self, teacher: nn.Module, student: nn.Module, generator: Generator, settings, workdir: Path) -> None:
         self.teacher = teacher
         self.student = student
         self.generator = generator
         self.settings = settings
+        self.workdir = workdir
 
     @abstractmethod
     def generator_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
@@ -41,12 +52,18 @@ class Method(ABC):
     def student_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
         """Loss the student minimises on a detached synthetic batch."""
 
-    def fresh_count(self, batch_size: int) -> int:
-        """How many new images the loop should synthesise for a student batch of `batch_size` (a replay pool wants fewer)."""
-        return batch_size
+    def store(self, images: torch.Tensor) -> None:
+        """Keep the batch a synthesis round ended with (detached, teacher's input space); the default keeps nothing."""
+
+    def student_batch(self, batch_size: int) -> SynthBatch:
+        """What the student learns from next; the default is a fresh batch from the current generator."""
+        device = next(self.student.parameters()).device
+        z = torch.randn(batch_size, self.generator.noise_dim, device=device)
+        with torch.no_grad():
+            return SynthBatch(z, self.generator(z).detach())
 
     def state_dict(self) -> dict:
-        """Anything the method keeps between steps (a replay pool), for exact resume."""
+        """Anything the method keeps between rounds (a pool of images), for exact resume."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:

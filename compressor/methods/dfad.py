@@ -17,10 +17,10 @@ class DFAD(Method):
         t_logits = self.teacher(batch.images)
         s_logits = self.student(batch.images)
         disagreement = l1_logits(s_logits, t_logits)
-        return -disagreement, {"g_adv": disagreement.item()}
+        return -disagreement, {"g_adv": disagreement.detach()}
 
     def student_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
         with torch.no_grad():
             t_logits = self.teacher(batch.images)
         loss = l1_logits(self.student(batch.images), t_logits)
-        return loss, {"s_loss": loss.item()}
+        return loss, {"s_loss": loss.detach()}

@@ -54,11 +54,11 @@ class BatchNormStatistics:
     def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
         if not self.active:
             return
-        x = inputs[0].float()
-        mean = x.mean(dim=(0, 2, 3))
-        var = x.var(dim=(0, 2, 3), unbiased=False)
+        # One fused pass in the activation's own dtype (reductions accumulate in fp32 internally): no fp32 copy
+        # of every activation under bf16 autocast; only the per-channel results are promoted.
+        var, mean = torch.var_mean(inputs[0], dim=(0, 2, 3), unbiased=False)
         self._losses.append(
-            torch.norm(mean - module.running_mean, 2) + torch.norm(var - module.running_var, 2)
+            torch.norm(mean.float() - module.running_mean, 2) + torch.norm(var.float() - module.running_var, 2)
         )
 
     def __len__(self) -> int:

@@ -1,0 +1,25 @@
+"""Random crop (reflect-padded, in whole pixels) and horizontal flip, per image, on a batch tensor.
+
+One implementation for real images (supervised training) and synthetic ones (the student's KD batches):
+the usual CIFAR augmentation, done on whole batches on whatever device they live on.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator | None = None) -> torch.Tensor:
+    """Shift each image by up to `pad` pixels (reflected borders) and mirror half of them; `g` draws on the CPU."""
+    n, c, h, w = x.shape
+    if pad > 0:
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
+        rows = (dy.view(n, 1) + torch.arange(h, device=x.device).view(1, h)).view(n, 1, h, 1)
+        cols = (dx.view(n, 1) + torch.arange(w, device=x.device).view(1, w)).view(n, 1, 1, w)
+        x = padded[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1, 1), rows, cols]
+    if flip:
+        mirror = (torch.rand(n, generator=g) < 0.5).to(x.device).view(n, 1, 1, 1)
+        x = torch.where(mirror, x.flip(-1), x)
+    return x
