@@ -27,6 +27,9 @@ StudentFamily = Literal["auto", "resnet", "mobilenet"]
 MIN_FILL = 0.97  # the contract: params >= 0.97 x budget
 MIN_FIRST_WIDTH = 8  # below this the first stage is too thin to learn; depth gives way first
 _FAMILY_TO_ARCH = {"resnet": "student_resnet", "mobilenet": "student_mobilenet"}
+# Width growth from stage to stage. A fine grid matters: with the last width the only free integer, one more
+# channel can be more than the 3 % fill tolerance of a small budget, and a deeper student is then missed.
+GROWTHS = tuple(1.5 + 0.125 * i for i in range(21))  # 1.5 ... 4.0; doubling is preferred, then the nearest
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int | None:
 
 
 def _resnet_candidates(b: _Budget, schedule: SpatialSchedule, macs_cap: int) -> Iterator[tuple[tuple, ResNetStudentSpec, int, int]]:
-    """Every filled shape under both budgets, with a preference key (larger is better)."""
+    """Every filled shape under both budgets, with a preference key (larger is better): no hidden head, a first
+    stage of at least MIN_FIRST_WIDTH channels, depth, growth nearest to doubling, then the most compute."""
     strides = schedule.stage_strides
     n = len(strides)
     base = {"strides": strides, "stem_kernel": min(7, schedule.stem_kernel) | 1, "stem_stride": schedule.stem_stride,
@@ -84,7 +88,7 @@ def _resnet_candidates(b: _Budget, schedule: SpatialSchedule, macs_cap: int) -> 
         return p <= b.params and m <= macs_cap
 
     for depth in (3, 2, 1):
-        for growth in (2.0, 3.0, 4.0):
+        for growth in GROWTHS:
             for c1 in range(4, 257):
                 widths = [max(1, round(c1 * growth**i)) for i in range(n - 1)]
                 floor = widths[-1] if widths else c1
@@ -104,7 +108,7 @@ def _resnet_candidates(b: _Budget, schedule: SpatialSchedule, macs_cap: int) -> 
                     spec = spec_with(floor, hidden)
                     params, macs = cost(spec)
                 if params >= MIN_FILL * b.params:
-                    yield (spec.head_hidden == 0, c1 >= MIN_FIRST_WIDTH, depth, -growth, macs), spec, params, macs
+                    yield (spec.head_hidden == 0, c1 >= MIN_FIRST_WIDTH, depth, -abs(growth - 2), macs), spec, params, macs
 
 
 def _mobilenet_candidates(b: _Budget, schedule: SpatialSchedule, macs_cap: int) -> Iterator[tuple[tuple, MobileNetStudentSpec, int, int]]:
