@@ -25,6 +25,15 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m compressor",
@@ -45,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="student multiply-adds / teacher multiply-adds at the teacher's input size (default: --ratio)")
     p.add_argument("--student", choices=["auto", "resnet", "mobilenet"],
                    help="student family (default auto: shaped like the teacher, depthwise for MobileNet/EfficientNet)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=_batch_size, help="synthetic images per step, or 'auto' (largest that fits and still speeds up)")
     p.add_argument("--lr", type=float, help="student learning rate")
     p.add_argument("--generator-lr", type=float)
     p.add_argument("--eval-every", type=int)

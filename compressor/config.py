@@ -121,12 +121,19 @@ class RunConfig(Strict):
     student_optim: OptimizerConfig = OptimizerConfig(name="sgd", lr=0.1, weight_decay=5e-4)
     generator_optim: OptimizerConfig = OptimizerConfig(name="adam", lr=1e-3, betas=(0.5, 0.999), schedule="constant")
     steps: int = Field(400, gt=0)  # rounds: method.generator_steps generator updates, then method.student_steps student updates
-    batch_size: int = Field(128, gt=1)
+    batch_size: int | Literal["auto"] = 128  # "auto": chosen by a timed trial at start (compressor.batch_size)
     grad_clip: float | None = Field(5.0, gt=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # bf16 autocast, on CUDA only
     export_onnx: bool = True
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_at_least_two(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 2:
+            raise ValueError(f"batch_size must be at least 2 (batch-norm statistics need a batch), got {v}")
+        return v
 
 
 def preset_overrides(preset: PresetName) -> dict:

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from compressor.batch_size import choose_batch_size
 from compressor.config import OptimizerConfig, RunConfig
 from compressor.data import PRESETS, IMAGENET_MEAN, IMAGENET_STD, LabelledData, load_dataset, reported_split_indices, stratified_subset
 from compressor.errors import CompressorError
@@ -151,6 +152,28 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Mo
     opt.step()
 
 
+def trial_round(method, student: nn.Module, generator: nn.Module, n: int, noise_dim: int, device: torch.device, amp) -> None:
+    """One generator and one student forward/backward at batch n, for `--batch-size auto`; every weight,
+    batch-norm statistic and random state it touches is put back, so the run itself is unchanged."""
+    saved = [copy.deepcopy(m.state_dict()) for m in (student, generator)]
+    rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+    try:
+        z = torch.randn(n, noise_dim, device=device)
+        with amp():
+            loss_g, _ = method.generator_loss(SynthBatch(z, generator(z)))
+        loss_g.backward()
+        with amp():
+            loss_s, _ = method.student_loss(SynthBatch(z, generator(z).detach()))
+        loss_s.backward()
+    finally:
+        for m, state in zip((student, generator), saved):
+            m.load_state_dict(state)
+            m.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None:
+            torch.cuda.set_rng_state(rng[1], device)
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically, so a crash mid-save never leaves a truncated checkpoint behind."""
     tmp = path.with_suffix(".tmp")
@@ -211,6 +234,13 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     if cfg.method.name == "default" and len(getattr(method, "bn_stats", [])) == 0:
         tqdm.write("warning: the teacher has no BatchNorm layers, so the batch-norm statistics term is off; "
                    "expect a weaker student (the adversarial, balance and one-hot terms remain)")
+    batch_choice = None
+    if cfg.batch_size == "auto":  # resolved once; config.json keeps the number, so a resume uses the same
+        batch_choice = choose_batch_size(
+            lambda n: trial_round(method, student, generator, n, cfg.generator.noise_dim, device, amp), device)
+        cfg.batch_size = batch_choice.batch_size
+        if is_main and not quiet:
+            print(f"batch size {cfg.batch_size} (auto: {batch_choice.reason})")
     teacher_params, student_params = teacher_profile.params, plan.params
     teacher_macs, student_macs = teacher_profile.macs, count_macs(student, input_shape)
     if is_main and not quiet:
@@ -495,6 +525,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         "student_updates": cfg.steps * k_steps,
         "round": {"generator_steps": g_steps, "student_steps": k_steps},
         "batch_size": cfg.batch_size,
+        "batch_size_auto": batch_choice.model_dump() if batch_choice else None,
         "images_synthesised": synthesised if start_step == 0 else None,
         "images_per_second": synthesised / max(synth_time, 1e-9) if start_step == 0 else None,
         "wall_seconds": wall,

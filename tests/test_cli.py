@@ -41,6 +41,10 @@ def _assert_one_line_error(proc, pattern: str):
         (["--resume", "{tmp}"], "not a resumable run folder"),
         (["--ratio", "0.1"], "--teacher and --ratio are required"),
         (["--teacher", "{t}", "--ratio", "abc"], "invalid float value"),
+        (["--teacher", "{t}", "--ratio", "0.1", "--batch-size", "many"], "whole number or 'auto'"),
+        (["--teacher", "{t}", "--ratio", "0.1", "--batch-size", "1"], "at least 2"),
+        (["--teacher", "{t}", "--ratio", "0.1", "--macs-ratio", "0.001"], "--macs-ratio"),
+        (["--teacher", "{t}", "--ratio", "0.1", "--macs-ratio", "-1"], "macs_ratio"),
     ],
 )
 def test_bad_input(tmp_path, small_teacher, args, pattern):

@@ -87,3 +87,18 @@ def test_teacher_onnx_is_exported_once_per_teacher_and_carries_each_runs_metadat
     a = cpu_session(tmp_path / "first" / "teacher.onnx").run(None, {"input": x})[0]
     b = cpu_session(tmp_path / "second" / "teacher.onnx").run(None, {"input": x})[0]
     assert (a == b).all()
+
+
+def test_auto_batch_size_is_chosen_by_trial_and_leaves_the_run_unchanged(tmp_path):
+    """The trial rounds put every weight and random state back: the auto run equals a run at the chosen size."""
+    auto_cfg = _tiny_config(tmp_path, "auto", steps=2).model_copy(update={"batch_size": "auto"})
+    auto = run(auto_cfg, quiet=True).report
+    choice = auto["batch_size_auto"]
+    assert choice["batch_size"] == auto["batch_size"] >= 16
+    assert choice["batch_size"] & (choice["batch_size"] - 1) == 0  # a power of two
+    assert [t["batch_size"] for t in choice["trials"]][0] == 16 and choice["reason"]
+    assert RunConfig.model_validate_json((tmp_path / "auto" / "config.json").read_text()).batch_size == auto["batch_size"]
+    fixed = run(_tiny_config(tmp_path, "fixed", steps=2).model_copy(update={"batch_size": auto["batch_size"]}), quiet=True).report
+    assert fixed["history"] == auto["history"]
+    lines = lambda name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert lines("auto") == lines("fixed")
