@@ -26,21 +26,21 @@ class Generator(nn.Module):
         super().__init__()
         self.noise_dim = noise_dim
         self.image_size = image_size
-        self.init_size = math.ceil(image_size / 4)
+        # A small spatial seed and as many 2x upsampling stages as the size needs: two up to 32 px (8 -> 32),
+        # five at 224 px (7 -> 224). The projection then stays small (a linear layer growing with the square of
+        # the size was 40 M parameters at 224 px), and channels halve at each stage after the first, so the
+        # high-resolution stages stay cheap.
+        self.stages = max(2, math.ceil(math.log2(image_size / 8)))
+        self.init_size = math.ceil(image_size / 2**self.stages)
         self.project = nn.Sequential(nn.Linear(noise_dim, 2 * width * self.init_size**2))
-        self.body = nn.Sequential(
-            nn.BatchNorm2d(2 * width),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * width, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(width, out_channels, 3, padding=1),
-            nn.Tanh(),
-        )
+        # 2w, 2w, w, w/2, ... (never below min(16, w)): up to 32 px exactly the DFAD-style 2w -> 2w -> w.
+        channels = [2 * width] + [max(min(16, width), (2 * width) >> (i - 1)) for i in range(1, self.stages + 1)]
+        layers: list[nn.Module] = [nn.BatchNorm2d(2 * width)]
+        for c_in, c_out in zip(channels, channels[1:]):
+            layers += [nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True)]
+        layers += [nn.Conv2d(channels[-1], out_channels, 3, padding=1), nn.Tanh()]
+        self.body = nn.Sequential(*layers)
         self.width = width
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
