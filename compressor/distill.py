@@ -495,6 +495,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             data.test if data is not None else None,
         )
         artifacts.update({"onnx": "student.onnx", "teacher_onnx": "teacher.onnx", "torchscript": "student.pt",
+                          "safetensors": "student.safetensors",
                           "fp16": "student.fp16.onnx", "int8": "student.int8.onnx"})
 
     report = {

@@ -1,7 +1,8 @@
 """The run's last step, through the `export` package: verified ONNX files, fp16 / INT8 variants and speed.
 
 Writes `student.onnx` (verified against PyTorch: batch 1 and 37, noise and generator samples),
-`student.pt` (TorchScript, what `python -m export` re-exports from), `teacher.onnx` (so students and
+`student.pt` (TorchScript, what `python -m export` re-exports from), `student.safetensors` (the weights, with
+the student's architecture spec in its metadata), `teacher.onnx` (so students and
 teachers are benchmarked the same way), `calibration.npz` (generator samples: INT8 stays data-free),
 `student.fp16.onnx` and `student.int8.onnx`.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
 
 from compressor.config import RunConfig
 from compressor.data import Split, cache_dir
@@ -108,6 +110,8 @@ def export_run(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(student, synthetic[:2]), str(run_dir / "student.pt"))
+    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(run_dir / "student.safetensors"),
+              metadata={"arch": cfg.student.arch or "", "spec": json.dumps(cfg.student.spec)})
     np.savez(run_dir / "calibration.npz", images=synthetic.numpy().astype(np.float32))
 
     variants = {"fp32": student_path, "fp16": to_fp16(student_path, run_dir / "student.fp16.onnx")}

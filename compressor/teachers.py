@@ -1,7 +1,7 @@
 """Safe teacher loading and architecture detection.
 
-Nothing in a checkpoint is ever unpickled as code: state dicts go through
-``torch.load(weights_only=True)``, TorchScript archives through
+Nothing in a checkpoint is ever unpickled as code: safetensors files are data by
+construction, state dicts go through ``torch.load(weights_only=True)``, TorchScript archives through
 ``torch.jit.load`` (TorchScript, not Python), and a pickled whole module is
 refused before any of its code can run.
 """
@@ -65,9 +65,26 @@ def _unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
     )
 
 
+def _is_safetensors(path: Path) -> bool:
+    """By name, or by content: an 8-byte little-endian header length, then a JSON header that opens with '{'."""
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], nn.Module | None]:
     if not path.is_file():
         raise CompressorError(f"teacher checkpoint not found: {path}")
+    if _is_safetensors(path):  # data only by construction: nothing in it can run
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return _unwrap_state_dict(load_file(str(path))), None
+        except (SafetensorError, ValueError, OSError) as exc:
+            raise CompressorError(f"cannot read safetensors file {path}: {exc}") from None
     try:
         if _is_torchscript(path):
             with warnings.catch_warnings():  # torch marks TorchScript deprecated; users still ship it

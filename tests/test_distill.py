@@ -88,6 +88,19 @@ def test_teacher_onnx_is_exported_once_per_teacher_and_carries_each_runs_metadat
     b = cpu_session(tmp_path / "second" / "teacher.onnx").run(None, {"input": x})[0]
     assert (a == b).all()
 
+    # student.safetensors: the exported student's weights, rebuilt from the spec in its own metadata.
+    from safetensors import safe_open
+
+    from compressor.models import create_model as build
+
+    with safe_open(str(tmp_path / "second" / "student.safetensors"), "pt") as f:
+        meta = f.metadata()
+        weights = {k: f.get_tensor(k) for k in f.keys()}
+    student = build(meta["arch"], num_classes=10, in_channels=1, spec=json.loads(meta["spec"])).eval()
+    student.load_state_dict(weights)
+    onnx_logits = cpu_session(tmp_path / "second" / "student.onnx").run(None, {"input": x})[0]
+    assert abs(student(torch.from_numpy(x)).detach().numpy() - onnx_logits).max() < 1e-4
+
 
 def test_auto_batch_size_is_chosen_by_trial_and_leaves_the_run_unchanged(tmp_path):
     """The trial rounds put every weight and random state back: the auto run equals a run at the chosen size."""

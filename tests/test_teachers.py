@@ -111,3 +111,18 @@ def test_missing_and_garbage_files(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"\x00not a checkpoint at all")
     with pytest.raises(CompressorError):
         load_teacher(tmp_path / "junk.pth")
+
+
+def test_safetensors_teacher_loads_as_data_and_is_detected(tmp_path):
+    from safetensors.torch import save_file
+
+    model = create_model("resnet20", num_classes=10).eval()
+    save_file(model.state_dict(), str(tmp_path / "t.safetensors"))
+    loaded = load_teacher(tmp_path / "t.safetensors")
+    assert loaded.arch == "resnet20" and loaded.source == "state_dict"
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded.model(x), model(x))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes((tmp_path / "t.safetensors").read_bytes()[:200])
+    with pytest.raises(CompressorError, match="cannot read safetensors"):
+        load_teacher(broken)
