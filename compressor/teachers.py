@@ -128,9 +128,6 @@ def infer_arch(state: dict[str, torch.Tensor], num_classes: int, in_channels: in
     """The first registry architecture whose state-dict keys and shapes equal the checkpoint's."""
     wanted = _shapes(state)
     for name in list_models(inferable_only=True):
-        entry = get_entry(name)
-        if entry.fixed_in_channels not in (None, in_channels):
-            continue
         with torch.device("meta"):
             try:
                 model = create_model(name, num_classes=num_classes, in_channels=in_channels)

@@ -20,7 +20,6 @@ class ModelEntry:
     factory: ModelFactory
     family: str
     inferable: bool
-    fixed_in_channels: int | None  # torchvision models only take RGB
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -32,11 +31,10 @@ def register_model(
     *,
     family: str,
     inferable: bool = True,
-    fixed_in_channels: int | None = None,
 ) -> None:
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
-    _REGISTRY[name] = ModelEntry(name, factory, family, inferable, fixed_in_channels)
+    _REGISTRY[name] = ModelEntry(name, factory, family, inferable)
 
 
 def _ensure_loaded() -> None:
@@ -53,12 +51,7 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, *, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
-    entry = get_entry(name)
-    if entry.fixed_in_channels is not None:
-        if in_channels != entry.fixed_in_channels:
-            raise ValueError(f"{name} takes {entry.fixed_in_channels}-channel input, not {in_channels}")
-        return entry.factory(num_classes=num_classes, **kwargs)
-    return entry.factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    return get_entry(name).factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
 def list_models(*, inferable_only: bool = False) -> list[str]:
