@@ -16,6 +16,7 @@ from export.cli import OneLineParser
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_CHECK_FAILED = 3  # trained, but a check after training failed: the student and report are kept
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -122,7 +123,7 @@ def summary(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from compressor.distill import Interrupted, run
+    from compressor.distill import ChecksFailed, Interrupted, run
 
     try:
         if argv[:1] == ["demo"]:
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ChecksFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     print(summary(result.report))
     print(f"report: {result.run_dir / 'report.md'}")
     return 0

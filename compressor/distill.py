@@ -46,6 +46,16 @@ class Interrupted(Exception):
         self.step = step
 
 
+class ChecksFailed(Exception):
+    """A check after training failed (an export did not match PyTorch): the student, its checkpoints and the
+    report are written, and say what failed; the run still ends in an error."""
+
+    def __init__(self, reason: str, run_dir: Path) -> None:
+        super().__init__(f"{reason}; the trained student is kept: {run_dir / 'student.pt'}, "
+                         f"{run_dir / 'checkpoints' / 'best.pt'} and {run_dir / 'report.md'}")
+        self.run_dir = run_dir
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -485,18 +495,23 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
 
     artifacts: dict[str, str | None] = {"onnx": None, "report_md": "report.md"}
     deployment: dict | None = None
+    failed_check: str | None = None  # a check after training fails the run, but never loses the student
     if cfg.export_onnx and is_main:
         from compressor.export_step import export_run
 
-        deployment = export_run(
-            student, teacher, samples.cpu(), run_dir, cfg,
-            student_acc.get("top1", {}).get("full") if student_acc else None,
-            teacher_acc.get("top1", {}).get("full") if teacher_acc else None,
-            data.test if data is not None else None,
-        )
-        artifacts.update({"onnx": "student.onnx", "teacher_onnx": "teacher.onnx", "torchscript": "student.pt",
-                          "safetensors": "student.safetensors",
-                          "fp16": "student.fp16.onnx", "int8": "student.int8.onnx"})
+        try:
+            deployment = export_run(
+                student, teacher, samples.cpu(), run_dir, cfg,
+                student_acc.get("top1", {}).get("full") if student_acc else None,
+                teacher_acc.get("top1", {}).get("full") if teacher_acc else None,
+                data.test if data is not None else None,
+            )
+            artifacts.update({"onnx": "student.onnx", "teacher_onnx": "teacher.onnx", "fp16": "student.fp16.onnx",
+                              "int8": "student.int8.onnx"})
+        except CompressorError as exc:
+            failed_check = str(exc)
+            deployment = {"error": failed_check}
+        artifacts.update({"torchscript": "student.pt", "safetensors": "student.safetensors"})
 
     report = {
         "teacher": {
@@ -548,6 +563,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         from compressor.report import write_report
 
         write_report(run_dir, report, confusions, sample_pixels, sample_classes, t.class_names)
+    if failed_check:
+        raise ChecksFailed(failed_check, run_dir)
     return RunResult(run_dir, report, history=history)
 
 

@@ -52,6 +52,8 @@ def _export_verified(model: nn.Module, checks: list[torch.Tensor], shape, path: 
         export_onnx(model, shape, path, metadata)
         return verify_onnx(model, path, checks)
     except ExportError as exc:
+        if path.exists():  # an unverified file never carries the name of a verified one
+            os.replace(path, path.with_suffix(".unverified.onnx"))
         raise CompressorError(f"ONNX export of {path.name} failed verification: {exc}") from None
 
 
@@ -104,15 +106,17 @@ def export_run(
     checks = [torch.randn(1, *shape, generator=g), torch.randn(37, *shape, generator=g),
               synthetic[:1], synthetic[torch.arange(37) % len(synthetic)]]
 
-    student_path, teacher_path = run_dir / "student.onnx", run_dir / "teacher.onnx"
-    student_diff = _export_verified(student, checks, shape, student_path, _metadata(cfg, student, "student", student_accuracy))
-    teacher_diff = _cached_teacher_onnx(teacher, checks, shape, teacher_path, _metadata(cfg, teacher, "teacher", teacher_accuracy), cfg)
+    # The trained student first, in the forms that need no check, so a failed check below loses nothing.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(student, synthetic[:2]), str(run_dir / "student.pt"))
     save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(run_dir / "student.safetensors"),
               metadata={"arch": cfg.student.arch or "", "spec": json.dumps(cfg.student.spec)})
     np.savez(run_dir / "calibration.npz", images=synthetic.numpy().astype(np.float32))
+
+    student_path, teacher_path = run_dir / "student.onnx", run_dir / "teacher.onnx"
+    student_diff = _export_verified(student, checks, shape, student_path, _metadata(cfg, student, "student", student_accuracy))
+    teacher_diff = _cached_teacher_onnx(teacher, checks, shape, teacher_path, _metadata(cfg, teacher, "teacher", teacher_accuracy), cfg)
 
     variants = {"fp32": student_path, "fp16": to_fp16(student_path, run_dir / "student.fp16.onnx")}
     variants["int8"] = to_int8(student_path, run_dir / "student.int8.onnx", synthetic.numpy())

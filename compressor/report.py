@@ -80,9 +80,10 @@ def gains(report: dict) -> list[str]:
         f"Parameters {s['params']:,} / {t['params']:,} ({100 * s['params'] / t['params']:.2f} %), "
         f"MACs {s['macs'] / 1e6:,.2f} M / {t['macs'] / 1e6:,.2f} M ({100 * s['macs'] / t['macs']:.2f} %)."
     ]
-    speed = (report.get("deployment") or {}).get("cpu_speed")
+    deployment = report.get("deployment") or {}
+    speed = deployment.get("cpu_speed")
     if not speed:
-        lines.append("Speed-up not measured (no ONNX export).")
+        lines.append(f"Speed-up not measured ({'the export check failed' if 'error' in deployment else 'no ONNX export'}).")
         return lines
     lines.append("Speed-up over the teacher, ONNX Runtime on the CPU: "
                  + ", ".join(f"{v:.2f}× at batch {bs}" for bs, v in speed["speedup"].items()) + ".")
@@ -134,6 +135,10 @@ def markdown(report: dict) -> str:
 
 
 def deployment_markdown(dep: dict) -> list[str]:
+    if "error" in dep:
+        return ["", "## Deployment", "", f"**A check after training failed:** {dep['error']}", "",
+                "The trained student is kept as `student.pt` (TorchScript), `student.safetensors` and "
+                "`checkpoints/best.pt`; `python -m export onnx` can retry the export from them."]
     v = dep["verification"]
     lines = [
         "",

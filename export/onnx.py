@@ -83,14 +83,23 @@ def cpu_session(path: str | Path):
     return make_session(path, "cpu")[0]
 
 
+# Tolerance of ONNX Runtime against PyTorch, relative to the largest |logit| (1e-4 absolute where logits are
+# small). Measured fp32 differences across the registry (torchvision ResNet-34/50, MobileNetV3, EfficientNet-B0,
+# DenseNet-121, CIFAR ResNet-20, WRN-40-2 and their students, at 32, 64 and 224 px, batch 1 and 37): at most
+# 9.1e-7 of the largest logit, but up to 8.4e-5 absolute where logits reach 119, so a fixed 1e-4 was at the edge.
+RELATIVE_TOLERANCE = 1e-4
+
+
 @torch.no_grad()
 def verify_onnx(
     model: nn.Module,
     path: str | Path,
     inputs: list[torch.Tensor],
-    atol: float = 1e-4,
+    rtol: float = RELATIVE_TOLERANCE,
 ) -> float:
-    """Max |logit difference| between PyTorch and ONNX Runtime over `inputs`; raises if above `atol` or top-1 differs."""
+    """Max |logit difference| between PyTorch and ONNX Runtime over `inputs`. Raises if it exceeds `rtol` x the
+    largest |logit| (at least `rtol` absolute), or if the top-1 class differs anywhere the two best logits are
+    further apart than that tolerance (a near-tie may flip either way)."""
     session = cpu_session(path)
     model = model.eval()
     worst = 0.0
@@ -99,10 +108,16 @@ def verify_onnx(
         got = session.run([OUTPUT_NAME], {INPUT_NAME: x.cpu().numpy().astype(np.float32)})[0]
         if got.shape != expected.shape:
             raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
-        diff = float(np.max(np.abs(got - expected))) if got.size else 0.0
+        if not got.size:
+            continue
+        diff = float(np.max(np.abs(got - expected)))
+        tolerance = rtol * max(1.0, float(np.max(np.abs(expected))))
         worst = max(worst, diff)
-        if diff > atol:
-            raise ExportError(f"ONNX logits differ from PyTorch by {diff:.2e} (> {atol:.0e}) at batch {len(x)}")
-        if not np.array_equal(got.argmax(1), expected.argmax(1)):
+        if diff > tolerance:
+            raise ExportError(f"ONNX logits differ from PyTorch by {diff:.2e} (> {tolerance:.1e}, {rtol:g} of the "
+                              f"largest logit) at batch {len(x)}")
+        top2 = np.sort(expected, axis=1)[:, -2:] if expected.shape[1] > 1 else np.zeros((len(expected), 2))
+        decisive = (top2[:, 1] - top2[:, 0]) > tolerance
+        if np.any((got.argmax(1) != expected.argmax(1)) & decisive):
             raise ExportError(f"ONNX top-1 differs from PyTorch at batch {len(x)}")
     return worst

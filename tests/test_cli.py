@@ -1,8 +1,10 @@
 """Every user mistake: one clear line on stderr, a non-zero exit, no traceback."""
+import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -83,3 +85,47 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, small_teacher):
     done = run_cli("--resume", str(out), "--quiet")
     assert done.returncode == 0, done.stderr
     assert (out / "report.json").exists()
+
+
+def test_a_check_that_fails_after_training_keeps_the_student_and_the_report(tmp_path):
+    """A teacher whose ONNX export does not reproduce it (a Python float taken from a tensor is frozen into the
+    traced graph): the teacher check fails after training, and the run keeps everything it trained."""
+    (tmp_path / "frozen_nets.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+        class Frozen(nn.Module):
+            def __init__(self, num_classes=10):
+                super().__init__()
+                self.body = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                          nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
+                                          nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(),
+                                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes))
+            def forward(self, x):
+                return self.body(x) + 100 * float(x.mean())
+    """))
+    torch.manual_seed(0)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import frozen_nets
+
+        torch.save(frozen_nets.Frozen().state_dict(), tmp_path / "t.pth")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("frozen_nets", None)
+    out = tmp_path / "run"
+    env_path = f"{tmp_path}{os.pathsep}{ROOT}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "compressor", "--teacher", str(tmp_path / "t.pth"), "--ratio", "0.5", "--arch",
+         "frozen_nets:Frozen", "--steps", "1", "--batch-size", "8", "--out", str(out), "--quiet"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": env_path}, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "teacher.onnx failed verification" in proc.stderr and "student is kept" in proc.stderr
+    for name in ("student.pt", "student.safetensors", "checkpoints/best.pt", "report.md", "report.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "teacher.onnx").exists() and (out / "teacher.unverified.onnx").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert "failed verification" in report["deployment"]["error"]
+    assert "A check after training failed" in (out / "report.md").read_text()
+    scripted = torch.jit.load(str(out / "student.pt"))
+    assert scripted(torch.randn(2, 3, 32, 32)).shape == (2, 10)
