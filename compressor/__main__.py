@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Data-free compression of an image classifier into a student of a given parameter and compute ratio.",
         epilog="Also: 'python -m compressor demo [--out DIR]' runs the whole pipeline on bundled digits.",
     )
-    p.add_argument("--teacher", help="teacher checkpoint: a state dict or a TorchScript archive")
+    p.add_argument("--teacher", help="teacher checkpoint: a state dict, safetensors, or (with --trust-code) TorchScript")
+    p.add_argument("--trust-code", action="store_true",
+                   help="allow a TorchScript teacher: it is code, and runs as it loads; only for files you trust")
     p.add_argument("--ratio", type=float, help="student parameters / teacher parameters, in (0, 1)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument("--out", help="run folder (default runs/<teacher>-r<ratio>-<method>)")
@@ -81,7 +83,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise CompressorError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
     fields: dict = {"preset": preset, **preset_overrides(preset)}
     fields["out_dir"] = out
-    fields["teacher"] = TeacherConfig(path=args.teacher, arch=args.arch, input_size=args.input_size, mean=args.mean, std=args.std)
+    fields["teacher"] = TeacherConfig(path=args.teacher, arch=args.arch, input_size=args.input_size, mean=args.mean,
+                                      std=args.std, trust_code=args.trust_code)
     fields["student"] = {"ratio": args.ratio, "macs_ratio": args.macs_ratio, **({"family": args.student} if args.student else {})}
     method = fields.get("method", MethodSettings())
     fields["method"] = method.model_copy(update={"name": method_name})

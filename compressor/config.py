@@ -70,6 +70,7 @@ class TeacherConfig(Strict):
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     class_names: list[str] | None = None
+    trust_code: bool = False  # allow TorchScript archives (code that runs as it loads); never set for uploads
 
 
 class StudentConfig(Strict):

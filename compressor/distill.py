@@ -90,7 +90,7 @@ def default_input(arch: str, dataset: str | None) -> tuple[int, tuple[float, ...
 
 def resolve_teacher(cfg: RunConfig) -> LoadedTeacher:
     """Load the teacher and write what was inferred (arch, classes, input) back into the config."""
-    teacher = load_teacher(cfg.teacher.path, cfg.teacher.arch)
+    teacher = load_teacher(cfg.teacher.path, cfg.teacher.arch, cfg.teacher.trust_code)
     t = cfg.teacher
     if t.sha256 and t.sha256 != teacher.sha256:
         raise CompressorError(f"teacher {t.path} changed since this run started (sha256 differs); cannot resume")
@@ -456,6 +456,10 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                     if best_step == done:
                         save_checkpoint(ckpt_dir / "best.pt", state)
             bar.update(1)
+            if step == start_step and is_main and not quiet and cfg.steps - done > 0:
+                took = time.time() - tic
+                tqdm.write(f"first round took {took:.1f} s: about {took * (cfg.steps - done) / 60:.1f} min for the "
+                           f"{cfg.steps - done} rounds left, plus evaluation and export")
         else:
             step = cfg.steps
     except KeyboardInterrupt:

@@ -1,9 +1,10 @@
 """Safe teacher loading and architecture detection.
 
 Nothing in a checkpoint is ever unpickled as code: safetensors files are data by
-construction, state dicts go through ``torch.load(weights_only=True)``, TorchScript archives through
-``torch.jit.load`` (TorchScript, not Python), and a pickled whole module is
-refused before any of its code can run.
+construction, state dicts go through ``torch.load(weights_only=True)``, and a
+pickled whole module is refused before any of its code can run. TorchScript
+archives are code (their ``__setstate__`` and ``forward`` run as they load and
+run), so they are loaded only when the caller trusts the file (``--trust-code``).
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
-def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], nn.Module | None]:
+def _read_checkpoint(path: Path, trust_code: bool = False) -> tuple[dict[str, torch.Tensor], nn.Module | None]:
     if not path.is_file():
         raise CompressorError(f"teacher checkpoint not found: {path}")
     if _is_safetensors(path):  # data only by construction: nothing in it can run
@@ -87,6 +88,12 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], nn.Module | N
             raise CompressorError(f"cannot read safetensors file {path}: {exc}") from None
     try:
         if _is_torchscript(path):
+            if not trust_code:  # refused from its zip directory alone: nothing in it has been read or run
+                raise CompressorError(
+                    f"{path} is a TorchScript archive: it carries code that runs as it loads (weights_only does not "
+                    "apply); pass --trust-code if you trust where it came from, or save a state dict "
+                    "(torch.save(model.state_dict(), path)) or safetensors instead"
+                )
             with warnings.catch_warnings():  # torch marks TorchScript deprecated; users still ship it
                 warnings.simplefilter("ignore", FutureWarning)
                 scripted = torch.jit.load(str(path), map_location="cpu")
@@ -155,9 +162,10 @@ def _build_custom(spec: str, num_classes: int) -> nn.Module:
     return model
 
 
-def load_teacher(path: str | Path, arch: str | None = None) -> LoadedTeacher:
+def load_teacher(path: str | Path, arch: str | None = None, trust_code: bool = False) -> LoadedTeacher:
+    """`trust_code` allows TorchScript archives, which are code; the service never sets it for an upload."""
     path = Path(path)
-    state, scripted = _read_checkpoint(path)
+    state, scripted = _read_checkpoint(path, trust_code)
     num_classes, in_channels = _classifier_shape(state)
     sha = file_sha256(path)
     if arch and ":" in arch:

@@ -48,10 +48,12 @@ def test_arch_override_and_mismatch(tmp_path):
         load_teacher(tmp_path / "t.pth", arch="no_such_net")
 
 
-def test_torchscript_archive_is_accepted_and_recognised(tmp_path):
+def test_torchscript_archive_is_accepted_with_trust_and_recognised(tmp_path):
     model = create_model("resnet20", num_classes=10).eval()
     torch.jit.save(torch.jit.script(model), tmp_path / "t.pt")
-    loaded = load_teacher(tmp_path / "t.pt")
+    with pytest.raises(CompressorError, match="--trust-code"):
+        load_teacher(tmp_path / "t.pt")
+    loaded = load_teacher(tmp_path / "t.pt", trust_code=True)
     assert loaded.source == "torchscript" and loaded.arch == "resnet20"
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(loaded.model(x), model(x), atol=1e-5)
@@ -126,3 +128,31 @@ def test_safetensors_teacher_loads_as_data_and_is_detected(tmp_path):
     broken.write_bytes((tmp_path / "t.safetensors").read_bytes()[:200])
     with pytest.raises(CompressorError, match="cannot read safetensors"):
         load_teacher(broken)
+
+
+class _Payload(torch.nn.Module):
+    """TorchScript whose __setstate__ runs as the archive loads (here it only raises, to prove that it ran)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+    @torch.jit.export
+    def __getstate__(self) -> bool:
+        return self.training
+
+    @torch.jit.export
+    def __setstate__(self, state: bool) -> None:
+        self.training = state
+        raise RuntimeError("payload ran")
+
+
+def test_torchscript_payload_never_runs_without_trust(tmp_path):
+    torch.jit.save(torch.jit.script(_Payload()), str(tmp_path / "evil.pt"))
+    with pytest.raises(CompressorError, match="TorchScript archive") as refused:
+        load_teacher(tmp_path / "evil.pt")
+    assert "payload ran" not in str(refused.value)
+    with pytest.raises(Exception, match="payload ran"):  # the control: loading it really does run its code
+        torch.jit.load(str(tmp_path / "evil.pt"))
