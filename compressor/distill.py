@@ -413,8 +413,6 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             done = step + 1
             record = {"step": done, "lr": sched_s.get_last_lr()[0]}
             pending.append((record, logs))
-            if device.type != "cuda" or time.time() - last_flush > 5:  # a CPU loses nothing by reading at once
-                flush_metrics()
 
             # 3. Evaluation, selection and checkpoint, every eval_every steps and at the end.
             if done % cfg.eval.eval_every == 0 or done == cfg.steps:
@@ -455,6 +453,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                     save_checkpoint(ckpt_dir / "last.pt", state)
                     if best_step == done:
                         save_checkpoint(ckpt_dir / "best.pt", state)
+            if device.type != "cuda" or time.time() - last_flush > 5:  # a CPU loses nothing by reading at once
+                flush_metrics()
             bar.update(1)
             if step == start_step and is_main and not quiet and cfg.steps - done > 0:
                 took = time.time() - tic

@@ -115,3 +115,12 @@ def test_auto_batch_size_is_chosen_by_trial_and_leaves_the_run_unchanged(tmp_pat
     assert fixed["history"] == auto["history"]
     lines = lambda name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert lines("auto") == lines("fixed")
+
+
+def test_metrics_carry_losses_every_step_and_evaluations_at_eval_steps(tmp_path):
+    run(_tiny_config(tmp_path, "metrics", steps=4, dataset="digits"), quiet=True)
+    records = [json.loads(x) for x in (tmp_path / "metrics" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all({"s_loss", "g_bn", "lr"} <= set(r) for r in records)
+    assert [r["step"] for r in records if "eval" in r] == [2, 4]
+    assert all(r["eval"]["accuracy"] is not None for r in records if "eval" in r)
