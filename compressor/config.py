@@ -42,7 +42,7 @@ class MethodSettings(Strict):
     name: MethodName = "default"
     generator_steps: int | None = Field(None, gt=0)  # g per round; None: ROUND_DEFAULTS
     student_steps: int | None = Field(None, gt=0)  # k per round; None: ROUND_DEFAULTS
-    bn_weight: float = Field(1.0, ge=0)
+    bn_weight: float = Field(10.0, ge=0)
     adversarial_weight: float = Field(0.5, ge=0)
     balance_weight: float = Field(1.0, ge=0)
     one_hot_weight: float = Field(0.5, ge=0)
