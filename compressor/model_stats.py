@@ -40,6 +40,7 @@ class SpatialSchedule:
     stem_kernel: int
     stem_pool: int
     depthwise: bool  # any depthwise convolution: a MobileNet / EfficientNet-like teacher
+    spatial_convs: int = 0  # how many spatial convolutions one forward pass runs (the teacher's depth)
 
     @property
     def stem_stride(self) -> int:
@@ -120,7 +121,7 @@ def profile_model(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelP
     stem_pool = downsampling_factor(stem_size, pools[0][2]) if lone_stem and pools and len(sizes) > 1 and pools[0][2] == sizes[1] else 1
     schedule = SpatialSchedule(
         input_size=input_shape[-1], sizes=sizes, stem_kernel=convs[0][3], stem_pool=stem_pool,
-        depthwise=any(e[4] for e in convs),
+        depthwise=any(e[4] for e in convs), spatial_convs=len(convs),
     )
     return ModelProfile(count_params(model), flops.get_total_flops() // 2, schedule)
 
