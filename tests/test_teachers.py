@@ -130,27 +130,10 @@ def test_safetensors_teacher_loads_as_data_and_is_detected(tmp_path):
         load_teacher(broken)
 
 
-class _Payload(torch.nn.Module):
-    """TorchScript whose __setstate__ runs as the archive loads (here it only raises, to prove that it ran)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 2 * x
-
-    @torch.jit.export
-    def __getstate__(self) -> bool:
-        return self.training
-
-    @torch.jit.export
-    def __setstate__(self, state: bool) -> None:
-        self.training = state
-        raise RuntimeError("payload ran")
-
-
 def test_torchscript_payload_never_runs_without_trust(tmp_path):
-    torch.jit.save(torch.jit.script(_Payload()), str(tmp_path / "evil.pt"))
+    from tests.payloads import torchscript_payload
+
+    (tmp_path / "evil.pt").write_bytes(torchscript_payload())
     with pytest.raises(CompressorError, match="TorchScript archive") as refused:
         load_teacher(tmp_path / "evil.pt")
     assert "payload ran" not in str(refused.value)

@@ -23,6 +23,7 @@ from compressor.data import load_digits
 from export.onnx import cpu_session, read_metadata
 from compressor.evaluate import normalise
 from serving.local import LocalServer
+from tests.payloads import torchscript_payload
 
 TOKEN = "test-token-3f9a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -211,30 +212,6 @@ class _Exploit:
         return (os.system, (f"touch {Path(os.environ.get('TMPDIR', '/tmp')) / 'dfcompress-pwned'}",))
 
 
-def _torchscript_payload() -> bytes:
-    """A TorchScript archive whose __setstate__ would write a marker file: the server must never load it."""
-    import io
-
-    import torch
-
-    class Payload(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return 2 * x
-
-        @torch.jit.export
-        def __getstate__(self) -> bool:
-            return self.training
-
-        @torch.jit.export
-        def __setstate__(self, state: bool) -> None:
-            self.training = state
-            raise RuntimeError("payload ran")
-
-    buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(Payload()), buffer)
-    return buffer.getvalue()
-
-
 def _bad_submissions(teacher: bytes) -> list[tuple[str, dict, int, str]]:
     return [
         ("ratio above 1", {"data": {"ratio": "1.5"}, "files": {"teacher": ("t.pth", teacher)}}, 400, "invalid job options"),
@@ -248,7 +225,7 @@ def _bad_submissions(teacher: bytes) -> list[tuple[str, dict, int, str]]:
         ("no teacher", {"data": {"ratio": "0.1"}, "files": {"x": ("t", b"1")}}, 400, "teacher"),
         ("not a checkpoint", {"data": {"ratio": "0.1"}, "files": {"teacher": ("t.pth", png())}}, 400, "not a PyTorch checkpoint"),
         ("malicious pickle", {"data": {"ratio": "0.1"}, "files": {"teacher": ("t.pth", pickle.dumps(_Exploit()))}}, 400, "pickled Python object"),
-        ("TorchScript (code) upload", {"data": {"ratio": "0.1"}, "files": {"teacher": ("t.pt", _torchscript_payload())}}, 400, "TorchScript archive"),
+        ("TorchScript (code) upload", {"data": {"ratio": "0.1"}, "files": {"teacher": ("t.pt", torchscript_payload())}}, 400, "TorchScript archive"),
         ("JSON instead of a form", {"json": {"ratio": 0.1}}, 415, "multipart"),
     ]
 
