@@ -21,7 +21,7 @@ from compressor.errors import CompressorError
 from compressor.model_stats import ModelProfile, SpatialSchedule, count_params
 from compressor.models import create_model
 from compressor.models.student_mobilenet import MobileNetStudentSpec, mobilenet_body_cost, mobilenet_student_cost
-from compressor.models.student_resnet import ResNetStudentSpec, head_cost, resnet_student_cost
+from compressor.models.student_resnet import ResNetStudentSpec, resnet_student_cost
 
 StudentFamily = Literal["auto", "resnet", "mobilenet"]
 MIN_FILL = 0.97  # the contract: params >= 0.97 x budget
