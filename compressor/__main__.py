@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="student multiply-adds / teacher multiply-adds at the teacher's input size (default: --ratio)")
     p.add_argument("--student", choices=["auto", "resnet", "mobilenet"],
                    help="student family (default auto: shaped like the teacher, depthwise for MobileNet/EfficientNet)")
-    p.add_argument("--batch-size", type=_batch_size, help="synthetic images per step, or 'auto' (largest that fits and still speeds up)")
+    p.add_argument("--batch-size", type=_batch_size, help="synthetic images per step, or 'auto' (the default: largest that fits and still speeds up)")
     p.add_argument("--lr", type=float, help="student learning rate")
     p.add_argument("--generator-lr", type=float)
     p.add_argument("--eval-every", type=int)

@@ -39,6 +39,7 @@ def demo_config(out_dir: Path, teacher_path: Path, steps: int = DEMO_STEPS, **ov
         student=StudentConfig(family="resnet", ratio=0.1),
         eval=EvalConfig(dataset="digits", eval_every=max(1, steps // 10)),
         steps=steps,
+        batch_size=128,  # fixed, so that the demo's figures do not depend on the machine's timing
         device="cpu",
     )
     return cfg.model_copy(update=overrides)
