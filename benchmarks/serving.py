@@ -1,13 +1,16 @@
 """Classification latency and throughput of the BentoML service, adaptive batching on and off.
 
-    python -m benchmarks.serving [--model runs/demo/student.onnx] [--requests 400] [--concurrency 1,8,32]
+    python -m benchmarks.serving [--model runs/demo/student.onnx] [--requests 400] [--concurrency 1,8,32] [--crowd 500]
 
 Each configuration gets its own `bentoml serve` on 127.0.0.1; clients send one PNG per request (multipart, as
-`curl -F image=@x.png` does) from a thread pool. Latency is measured at the client, end to end.
+`curl -F image=@x.png` does) from a thread pool. Latency is measured at the client, end to end. With batching
+on, a crowd of `--crowd` requests sent at once follows: every request must be answered, by a result or by an
+immediate 503; the row counts answered, shed (503) and lost (no answer within 60 s).
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures as cf
 import io
 import json
@@ -63,11 +66,39 @@ def load(url: str, image: bytes, requests: int, concurrency: int) -> dict:
             "images_per_second": requests / wall}
 
 
+def crowd(url: str, image: bytes, n: int, timeout: float = 60.0) -> dict:
+    """n requests at once from one event loop (each on its own connection), as a burst of clients would."""
+    async def run() -> list[tuple[int | None, float]]:
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+            async def one() -> tuple[int | None, float]:
+                t = time.perf_counter()
+                try:
+                    r = await client.post(url + "/classify", files={"image": ("x.png", image, "image/png")})
+                    return r.status_code, time.perf_counter() - t
+                except httpx.HTTPError:
+                    return None, time.perf_counter() - t
+            return await asyncio.gather(*(one() for _ in range(n)))
+
+    started = time.perf_counter()
+    results = asyncio.run(run())
+    wall = time.perf_counter() - started
+    ok = np.array([t for s, t in results if s == 200]) * 1000
+    shed = np.array([t for s, t in results if s == 503]) * 1000
+    return {"crowd": n, "answered": int(len(ok)), "shed_503": int(len(shed)),
+            "other_errors": sum(s not in (200, 503, None) for s, _ in results),
+            "lost": sum(s is None for s, _ in results),
+            "p50_ms": float(np.percentile(ok, 50)) if len(ok) else None,
+            "p99_ms": float(np.percentile(ok, 99)) if len(ok) else None,
+            "slowest_503_ms": float(shed.max()) if len(shed) else None, "wall_seconds": wall}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serving")
     p.add_argument("--model", default=str(ROOT / "runs" / "demo" / "student.onnx"))
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--crowd", type=int, default=500, help="requests sent at once after the levels (0: none)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "serving.json"))
     args = p.parse_args(argv)
     model = Path(args.model)
@@ -94,8 +125,17 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"batching {'on ' if batching else 'off'} concurrency {c:3d}: p50 {row['p50_ms']:7.1f} ms  "
                           f"p99 {row['p99_ms']:7.1f} ms  {row['images_per_second']:7.1f} img/s  mean batch {row['mean_batch_size']:.2f}  "
                           f"errors {row['errors']}", flush=True)
+                if batching and args.crowd:
+                    burst = crowd(server.url, image, args.crowd)
+                    rows.append({"batching": batching, **burst})
+                    p99 = f"{burst['p99_ms']:.0f} ms" if burst["p99_ms"] is not None else "-"
+                    print(f"batching on  crowd of {args.crowd}: answered {burst['answered']}, 503 {burst['shed_503']}, "
+                          f"other errors {burst['other_errors']}, lost {burst['lost']}, p99 of answered {p99}, "
+                          f"{burst['wall_seconds']:.1f} s", flush=True)
             finally:
+                stop_started = time.perf_counter()
                 server.stop()
+                rows.append({"batching": batching, "stop_seconds": time.perf_counter() - stop_started})
     result = {"model": str(model), "params": meta.get("params"), "input": [meta.get("in_channels"), meta.get("input_size")],
               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": date.today().isoformat(),
               "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:] if argv is None else argv), "rows": rows}

@@ -16,7 +16,8 @@ PresetName = Literal["default", "seed", "paper"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are never a setting: they would train nothing, and config.json could not hold them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class OptimizerConfig(Strict):
@@ -71,6 +72,13 @@ class TeacherConfig(Strict):
     std: tuple[float, ...] | None = None
     class_names: list[str] | None = None
     trust_code: bool = False  # allow TorchScript archives (code that runs as it loads); never set for uploads
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is not None and any(x <= 0 for x in v):
+            raise ValueError("every std must be above 0 (inputs are divided by it)")
+        return v
 
 
 class StudentConfig(Strict):

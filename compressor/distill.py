@@ -100,12 +100,12 @@ def resolve_teacher(cfg: RunConfig) -> LoadedTeacher:
     t.num_classes = teacher.num_classes
     t.in_channels = teacher.in_channels
     t.input_size = t.input_size or default_size
-    t.mean = _per_channel(t.mean or default_mean, teacher.in_channels, "mean")
-    t.std = _per_channel(t.std or default_std, teacher.in_channels, "std")
+    t.mean = per_channel(t.mean or default_mean, teacher.in_channels, "mean")
+    t.std = per_channel(t.std or default_std, teacher.in_channels, "std")
     return teacher
 
 
-def _per_channel(values: tuple[float, ...], channels: int, what: str) -> tuple[float, ...]:
+def per_channel(values: tuple[float, ...], channels: int, what: str) -> tuple[float, ...]:
     if len(values) == channels:
         return tuple(values)
     if len(values) == 1:

@@ -75,6 +75,20 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
+def check_archive_size(path: Path, limit: int) -> None:
+    """Refuse a zip (torch.save's format) whose members would inflate past `limit` bytes, from its central
+    directory alone: a 1 MB upload can otherwise unpack to gigabytes inside torch.load."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CompressorError(f"unreadable checkpoint archive: {exc}") from None
+    if total > limit:
+        raise CompressorError(f"the checkpoint archive unpacks to {total:,} bytes, over the limit of {limit:,}")
+
+
 def _read_checkpoint(path: Path, trust_code: bool = False) -> tuple[dict[str, torch.Tensor], nn.Module | None]:
     if not path.is_file():
         raise CompressorError(f"teacher checkpoint not found: {path}")

@@ -10,6 +10,7 @@ import hmac
 import json
 
 from serving.settings import ServingSettings, settings as current_settings
+from serving.supervisor import current as current_supervisor
 
 PROTECTED_PREFIXES = ("/compress/", "/models/select")
 
@@ -26,6 +27,14 @@ async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, b
     await send({"type": "http.response.body", "body": payload})
 
 
+def token_matches(authorization: str, token: str | None) -> bool:
+    """Whether an Authorization header carries the operator's bearer token (compared in constant time)."""
+    if not token:
+        return False
+    scheme, _, value = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
 class Gatekeeper:
     def __init__(self, app, settings: ServingSettings | None = None) -> None:
         self.app = app
@@ -40,14 +49,18 @@ class Gatekeeper:
         path = scope.get("path", "")
         headers = dict(scope.get("headers") or [])
 
+        if path == "/readyz":  # BentoML's answer is a bare 503; say what is wrong where we know it
+            supervisor = current_supervisor()
+            problem = supervisor.problem() if supervisor else None
+            if problem:
+                return await _send_json(send, 503, {"error": problem}, [(b"retry-after", b"5")])
+
         if _needs_token(path):
             token = self.settings.token
             if not token:
                 return await _send_json(send, 503, {"error": "compression is disabled on this server: the operator "
                                                              "has not set COMPRESSOR_TOKEN"})
-            given = headers.get(b"authorization", b"").decode("latin-1")
-            scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            if not token_matches(headers.get(b"authorization", b"").decode("latin-1"), token):
                 return await _send_json(send, 401, {"error": "missing or wrong bearer token (Authorization: Bearer …)"},
                                         [(b"www-authenticate", b'Bearer realm="compressor"')])
 
@@ -76,13 +89,23 @@ class Gatekeeper:
                     return {"type": "http.disconnect"}  # the app stops reading; the reply below replaces its own
             return message
 
+        plain_not_found = False
+
         async def guarded_send(message):
-            nonlocal response_started
+            nonlocal response_started, plain_not_found
             if too_large:
                 if not response_started:
                     response_started = True
                     await _send_json(send, 413, {"error": f"request body exceeds the limit of {limit:,} bytes for {path}"})
                 return
+            if message["type"] == "http.response.start" and message["status"] == 404:
+                content_type = dict(message.get("headers") or []).get(b"content-type", b"")
+                if content_type.startswith(b"text/plain"):  # the router's own "Not Found", outside our routes
+                    plain_not_found = response_started = True
+                    await _send_json(send, 404, {"error": f"no endpoint at {path}"})
+                    return
+            if plain_not_found:
+                return  # the plain-text body that belonged to the replaced answer
             response_started = response_started or message["type"] == "http.response.start"
             await send(message)
 

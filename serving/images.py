@@ -5,6 +5,7 @@ decompression bomb can allocate anything, and the decode itself runs with Pillow
 """
 from __future__ import annotations
 
+import ctypes
 import io
 import warnings
 
@@ -20,7 +21,29 @@ class ImageRejected(Exception):
         self.status = status
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+LARGE_IMAGE_PIXELS = 4_000_000  # after decoding more than this, freed memory is handed back to the system
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Give freed heap pages back to the OS: glibc keeps them after a large decode, and a burst of large
+    images would otherwise leave the front gigabytes larger than its baseline."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -> Image.Image:
+    """`target_size`: the model's input side; a JPEG is then decoded at the smallest scale (1/2 to 1/8) still
+    at least that large, which never allocates the full-resolution image."""
     if not data:
         raise ImageRejected("empty image")
     try:
@@ -34,6 +57,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width * height > max_pixels:
         raise ImageRejected(f"image of {width}x{height} pixels exceeds the limit of {max_pixels:,} pixels", 413)
+    if target_size and image.format == "JPEG" and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
+        image.draft(image.mode, (target_size, target_size))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -46,7 +71,16 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def to_model_input(image: Image.Image, size: int, channels: int, mean: list[float], std: list[float]) -> np.ndarray:
-    """(channels, size, size) float32, normalised as the teacher was: any mode and size is converted."""
+    """(channels, size, size) float32, normalised as the teacher was: any mode and size is converted.
+
+    A large image is first reduced by box averaging to about twice the target, in its own mode, so that the
+    conversions below (alpha compositing, RGB) run on a small image rather than copy a large one."""
+    factor = min(image.size) // (2 * size)
+    if factor > 1:
+        try:
+            image = image.reduce(factor)
+        except ValueError:  # a mode reduce() does not support (palette, 1-bit): convert at full size instead
+            pass
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))  # transparent pixels read as white
         image = Image.alpha_composite(background, image.convert("RGBA"))

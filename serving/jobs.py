@@ -40,6 +40,22 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created);
 """
 
 
+def stored_options(text: str) -> JobOptions | None:
+    """A row's options, or None where they no longer validate (a row from an older, laxer server, or edited by
+    hand): listing and status must still answer, and the worker fails such a job instead of dying on it."""
+    try:
+        return JobOptions.model_validate_json(text)
+    except ValueError:
+        return None
+
+
+def _stored_progress(text: str) -> JobProgress:
+    try:
+        return JobProgress.model_validate_json(text)
+    except ValueError:
+        return JobProgress()
+
+
 class JobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -101,8 +117,8 @@ class JobStore:
             artifacts = [n for n in DOWNLOADABLE if (self.run_dir(row["id"]) / n).is_file()]
         return JobView(
             job_id=row["id"], status=row["status"], created=row["created"], started=row["started"],
-            finished=row["finished"], options=JobOptions.model_validate_json(row["options"]),
-            progress=JobProgress.model_validate_json(row["progress"]), error=row["error"],
+            finished=row["finished"], options=stored_options(row["options"]),
+            progress=_stored_progress(row["progress"]), error=row["error"],
             notes=json.loads(row["notes"]), cancel_requested=bool(row["cancel_requested"]), artifacts=artifacts,
         )
 

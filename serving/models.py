@@ -45,7 +45,7 @@ def _metadata(path: str, mtime_ns: int) -> dict:
 
 def load_spec(model_id: str, path: Path) -> ModelSpec:
     if not path.is_file():
-        raise UnknownModel(f"model file {path} does not exist")
+        raise UnknownModel(f"model {model_id!r} has no ONNX file on this server")
     meta = _metadata(str(path), path.stat().st_mtime_ns)
     channels = int(meta.get("in_channels") or 3)
     num_classes = meta.get("num_classes")

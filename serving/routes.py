@@ -8,14 +8,17 @@ still BentoML's: classification calls the batchable model runner service.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import logging
 import shutil
+import sqlite3
 from typing import Awaitable, Callable
 
 import anyio
+import bentoml.exceptions as bentoml_errors
 import numpy as np
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -26,7 +29,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from serving.images import ImageRejected, decode_image, to_model_input
+from serving.guards import token_matches
+from serving.images import LARGE_IMAGE_PIXELS, ImageRejected, decode_image, release_memory, to_model_input
 from serving.jobs import DOWNLOADABLE, FINISHED, JobStore
 from serving.models import ModelCatalog, ModelSpec, UnknownModel
 from serving.schemas import (ClassifyJSON, ClassifyResponse, ErrorBody, JobOptions, ModelListing, Prediction,
@@ -36,6 +40,10 @@ from serving.settings import ServingSettings
 log = logging.getLogger("serving")
 Predict = Callable[[np.ndarray], Awaitable[np.ndarray]]
 FIELD_LIMIT = 1024 * 1024
+
+
+class RunnerUnavailable(Exception):
+    """The model runner did not answer (overloaded, loading, switching models, a dropped connection): 503."""
 
 
 class ClientError(Exception):
@@ -115,13 +123,19 @@ async def _image_payloads(request: Request, s: ServingSettings) -> tuple[list[by
 
 
 def _prepare(blobs: list[bytes], spec: ModelSpec, max_pixels: int) -> np.ndarray:
-    arrays = []
-    for i, blob in enumerate(blobs):
-        try:
-            image = decode_image(blob, max_pixels)
-        except ImageRejected as exc:
-            raise ImageRejected(f"image {i}: {exc}" if len(blobs) > 1 else str(exc), exc.status) from None
-        arrays.append(to_model_input(image, spec.input_size, spec.channels, spec.mean, spec.std))
+    arrays, pixels = [], 0
+    try:
+        for i, blob in enumerate(blobs):
+            try:
+                image = decode_image(blob, max_pixels, spec.input_size)
+            except ImageRejected as exc:
+                raise ImageRejected(f"image {i}: {exc}" if len(blobs) > 1 else str(exc), exc.status) from None
+            pixels = max(pixels, image.size[0] * image.size[1])
+            arrays.append(to_model_input(image, spec.input_size, spec.channels, spec.mean, spec.std))
+            del image
+    finally:
+        if pixels > LARGE_IMAGE_PIXELS:
+            release_memory()
     return np.stack(arrays)
 
 
@@ -129,7 +143,25 @@ def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
     catalog = ModelCatalog(settings)
     store = JobStore(settings.jobs_dir)
 
+    in_flight = [0]  # classifications being handled; one event loop, so no lock is needed
+    # Decoding holds a full-size image in memory: bound how many run at once (the rest wait their turn).
+    decoders = anyio.CapacityLimiter(settings.max_concurrent_decodes)
+
+    def unavailable(message: str) -> JSONResponse:
+        response = error(503, message)
+        response.headers["Retry-After"] = "1"
+        return response
+
     async def classify(request: Request) -> Response:
+        if in_flight[0] >= settings.max_in_flight:  # shed at once rather than queue past any deadline
+            return unavailable("the server is at its limit of concurrent classifications; retry shortly")
+        in_flight[0] += 1
+        try:
+            return await _classify(request)
+        finally:
+            in_flight[0] -= 1
+
+    async def _classify(request: Request) -> Response:
         blobs, top_k = await _image_payloads(request, settings)
         if len(blobs) > settings.max_images:
             return error(413, f"{len(blobs)} images in one request; the limit is {settings.max_images}")
@@ -140,19 +172,18 @@ def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
         except UnknownModel as exc:
             return error(503, f"no model to serve: {exc}")
         try:
-            batch = await anyio.to_thread.run_sync(_prepare, blobs, spec, settings.max_pixels)
+            batch = await anyio.to_thread.run_sync(_prepare, blobs, spec, settings.max_pixels, limiter=decoders)
         except ImageRejected as exc:
             return error(exc.status, str(exc))
         probs = []
-        for start in range(0, len(batch), settings.max_batch_size):
-            try:
-                probs.append(np.asarray(await predict(batch[start : start + settings.max_batch_size])))
-            except Exception as exc:  # overloaded (batch deadline passed), still loading, or swapping models
-                log.warning("model runner failed: %s", exc)
-                response = error(503, "the model runner could not answer in time (overloaded, loading or "
-                                      "switching models); retry shortly")
-                response.headers["Retry-After"] = "1"
-                return response
+        try:
+            async with asyncio.timeout(settings.runner_timeout_s):
+                for start in range(0, len(batch), settings.max_batch_size):
+                    probs.append(np.asarray(await predict(batch[start : start + settings.max_batch_size])))
+        except (RunnerUnavailable, TimeoutError, bentoml_errors.BentoMLException) as exc:
+            log.warning("model runner failed: %s", exc or type(exc).__name__)
+            return unavailable("the model runner could not answer in time (overloaded, loading or switching "
+                               "models); retry shortly")
         probs = np.concatenate(probs)
         k = min(top_k, probs.shape[1])
         names = spec.class_names or [str(i) for i in range(probs.shape[1])]
@@ -171,7 +202,12 @@ def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
         served = next((m for m in available if m.served), None)
         if served is None and served_path.is_file():
             served = catalog.info(served_id, served_path, True)
-        return JSONResponse(ModelListing(served=served, available=available).model_dump())
+        listing = ModelListing(served=served, available=available).model_dump()
+        if not token_matches(request.headers.get("authorization", ""), settings.token):
+            for info in [listing["served"], *listing["available"]]:  # server paths are for the operator only
+                if info:
+                    info.pop("path")
+        return JSONResponse(listing)
 
     async def select_model(request: Request) -> Response:
         try:
@@ -197,15 +233,19 @@ def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
 
     def _validate_teacher(path, options: JobOptions) -> None:
         """Load the upload exactly as the job will (weights_only) and size its student, so a bad file is a 400 now."""
-        from compressor.distill import default_input
+        from compressor.distill import default_input, per_channel
         from compressor.errors import CompressorError
         from compressor.model_stats import profile_model
         from compressor.students import plan_student
-        from compressor.teachers import load_teacher
+        from compressor.teachers import check_archive_size, load_teacher
 
         try:
+            check_archive_size(path, settings.max_teacher_bytes)
             teacher = load_teacher(path, options.arch)
-            size = options.input_size or default_input(teacher.arch, options.dataset)[0]
+            size, mean, std = default_input(teacher.arch, options.dataset)
+            per_channel(options.mean or mean, teacher.in_channels, "mean")
+            per_channel(options.std or std, teacher.in_channels, "std")
+            size = options.input_size or size
             profile = profile_model(teacher.model, (teacher.in_channels, size, size))
             plan_student(options.student, options.ratio, profile, teacher.num_classes, teacher.in_channels,
                          options.macs_ratio)
@@ -290,20 +330,28 @@ def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
     async def disconnected(request: Request, exc: ClientDisconnect) -> Response:
         return error(400, "the request body ended early")
 
+    async def storage_failed(request: Request, exc: Exception) -> Response:
+        log.error("job storage failed on %s: %s", request.url.path, exc)
+        response = error(503, f"job storage is unavailable on this server ({type(exc).__name__}); retry later")
+        response.headers["Retry-After"] = "10"
+        return response
+
     async def crashed(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
         return error(500, "internal error; the server log has the details")
 
+    routes = [
+        Route("/classify", classify, methods=["POST"]),
+        Route("/models", list_models, methods=["GET"]),
+        Route("/models/select", select_model, methods=["POST"]),
+        Route("/compress/submit", submit, methods=["POST"]),
+        Route("/compress/status", status, methods=["GET"]),
+        Route("/compress/get", get_result, methods=["GET"]),
+        Route("/compress/cancel", cancel, methods=["POST", "PUT"]),
+        Route("/compress/jobs", list_jobs, methods=["GET"]),
+    ]
     return Starlette(
-        routes=[
-            Route("/classify", classify, methods=["POST"]),
-            Route("/models", list_models, methods=["GET"]),
-            Route("/models/select", select_model, methods=["POST"]),
-            Route("/compress/submit", submit, methods=["POST"]),
-            Route("/compress/status", status, methods=["GET"]),
-            Route("/compress/get", get_result, methods=["GET"]),
-            Route("/compress/cancel", cancel, methods=["POST", "PUT"]),
-            Route("/compress/jobs", list_jobs, methods=["GET"]),
-        ],
-        exception_handlers={ClientError: client_error, HTTPException: http_error, ClientDisconnect: disconnected, Exception: crashed},
+        routes=routes,
+        exception_handlers={ClientError: client_error, HTTPException: http_error, ClientDisconnect: disconnected,
+                            sqlite3.Error: storage_failed, OSError: storage_failed, Exception: crashed},
     )

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity never pass: JSON has no spelling for them, so a stored row would not read back.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- classification
@@ -36,7 +39,7 @@ class ClassifyResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     id: str  # "default" for the configured model, else the id of the job that produced it
-    path: str
+    path: str | None = None  # the server's file: shown only to a client with the token
     served: bool
     params: int | None = None
     accuracy: float | None = None
@@ -77,8 +80,21 @@ class JobOptions(Strict):
     dataset: Literal["digits", "cifar10", "cifar100"] | None = Field(
         None, description="evaluation data for the report; cifar needs the server's torchvision copy (no download)")
     input_size: int | None = Field(None, gt=0, le=1024)
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
+    mean: tuple[float, ...] | None = Field(None, min_length=1, max_length=4, description="per channel, or one for all")
+    std: tuple[float, ...] | None = Field(None, min_length=1, max_length=4, description="per channel, each > 0")
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is not None and any(not math.isfinite(x) or x <= 0 for x in v):
+            raise ValueError("every std must be a finite number above 0")
+        return v
+
+    @model_validator(mode="after")
+    def _same_channel_count(self) -> "JobOptions":
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values and std {len(self.std)}: give one per channel for both")
+        return self
 
     @field_validator("arch")
     @classmethod
@@ -119,7 +135,7 @@ class JobView(BaseModel):
     created: float
     started: float | None = None
     finished: float | None = None
-    options: JobOptions
+    options: JobOptions | None  # None only for a row written by an older, laxer server that no longer validates
     progress: JobProgress
     error: str | None = None
     notes: list[str] = []

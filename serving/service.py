@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
 import sys
 import threading
 import warnings
@@ -22,8 +21,9 @@ import numpy as np
 
 from serving.guards import Gatekeeper
 from serving.models import ModelCatalog
-from serving.routes import make_app
+from serving.routes import RunnerUnavailable, make_app
 from serving.settings import settings
+from serving.supervisor import WorkerSupervisor
 
 log = logging.getLogger("serving")
 SETTINGS = settings()
@@ -35,7 +35,14 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-@bentoml.service(workers=1, threads=2)
+# BentoML's client to a depended-on service closes its connection pool after `max_requests` calls (default
+# 100) even while other calls are still using it: under load those calls died with "Connector is closed",
+# "Server disconnected" or a bare CancelledError, and some requests were never answered. The pool is
+# long-lived instead; a dropped keep-alive socket is retried in `_predict`.
+RUNNER_CONNECTION = {"max_requests": 2**31 - 1, "max_age": 7 * 24 * 3600.0}
+
+
+@bentoml.service(workers=1, threads=2, runner_connection=RUNNER_CONNECTION)
 class ModelRunner:
     """The served ONNX model; it follows the served-model pointer, so a selection needs no restart."""
 
@@ -92,18 +99,26 @@ class ModelRunner:
 async def _predict(batch: np.ndarray, attempts: int = 3) -> np.ndarray:
     """Call the runner; retry a dropped connection (a reused keep-alive socket the runner just closed).
 
-    `predict` has no side effects, so repeating it is safe; a clear refusal (bad input) is not retried.
+    `predict` has no side effects, so repeating it is safe; a clear refusal (bad input) is not retried. A
+    CancelledError that is not this request's own cancellation (aiohttp cancels its wait for a pooled
+    connection) is a failed call like any other, not a reason to leave the client without an answer.
     """
     for attempt in range(attempts):
         try:
             return await bentoml.get_current_service().runner.to_async.predict(batch)
         except bentoml.exceptions.BadInput:
             raise
-        except Exception as exc:
-            if attempt == attempts - 1:
-                raise
-            log.info("runner call failed (%s); retrying", exc)
-            await asyncio.sleep(0.05 * (attempt + 1))
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the client went away or the server is stopping
+            exc: BaseException = RunnerUnavailable("the runner call was cancelled")
+        except Exception as error:
+            exc = error
+        if attempt == attempts - 1:
+            raise RunnerUnavailable(str(exc) or type(exc).__name__) from None
+        log.info("runner call failed (%s); retrying", exc)
+        await asyncio.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
 
 
@@ -116,22 +131,16 @@ class Compressor:
 
     def __init__(self) -> None:
         SETTINGS.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.worker = subprocess.Popen(
+        self.worker = WorkerSupervisor(
             [sys.executable, "-m", "serving.worker", "--jobs-dir", str(SETTINGS.jobs_dir), "--parent-pid", str(os.getpid())],
-        )
+        ).start()
 
     def __is_ready__(self) -> bool:
-        return self.worker.poll() is None
+        return self.worker.alive()
 
     @bentoml.on_shutdown
     def stop_worker(self) -> None:
-        """A clean stop lets the running job write its checkpoint; it resumes at the next start."""
-        if self.worker.poll() is None:
-            self.worker.terminate()
-            try:
-                self.worker.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                self.worker.kill()
+        self.worker.stop()
 
 
 Compressor.add_asgi_middleware(Gatekeeper)

@@ -25,12 +25,15 @@ class ServingSettings(BaseModel):
     max_request_mb: float = Field(20.0, gt=0, description="largest request body outside compression submissions")
     max_teacher_mb: float = Field(1024.0, gt=0, description="largest teacher upload")
     max_pixels: int = Field(40_000_000, gt=0, description="images with more pixels are refused (decompression bombs)")
+    max_concurrent_decodes: int = Field(2, gt=0, description="images decoded at once (memory: each may be max_pixels large)")
     max_images: int = Field(64, gt=0, description="images per classification request")
     max_top_k: int = Field(100, gt=0)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     batching: bool = Field(True, description="BentoML adaptive batching of classification requests")
     max_batch_size: int = Field(64, gt=0)
     max_latency_ms: int = Field(5000, gt=0, description="batching deadline: a request queued longer is shed with 503")
+    max_in_flight: int = Field(256, gt=0, description="classification requests handled at once; more are answered 503 at once")
+    runner_timeout_s: float = Field(8.0, gt=0, description="a classification the model has not answered by then gets 503")
     job_device: Literal["auto", "cpu", "cuda"] = "auto"
     max_job_steps: int = Field(20_000, gt=0, description="upper bound on a submitted job's --steps")
     job_resume_attempts: int = Field(3, ge=0, description="how often a job interrupted by a server stop is resumed")

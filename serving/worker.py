@@ -12,20 +12,49 @@ import ctypes
 import fcntl
 import json
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Iterator
 
 from serving.jobs import JobStore
 from serving.schemas import JobProgress, JobView
 from serving.settings import read_settings
 
 POLL_SECONDS = 0.5
+STORAGE_BACKOFF_MAX = 30.0
 GRACE_SECONDS = 60  # how long a stopping compressor may take to write its checkpoint
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.\-]+)+[\\/]([\w.\-]+)")
+
+
+def without_paths(text: str, root: Path) -> str:
+    """Paths under the jobs folder and absolute paths reduced to their last component: clients see file
+    names, not the server's tree."""
+    for prefix in {str(root.resolve()), str(root)}:
+        text = re.sub(re.escape(prefix) + r"[\\/](?:[\w.\-]+[\\/])*", "", text)
+    return _PATH.sub(r"\1", text)
+
+
+def _kill_stale_compressor(lock_path: Path) -> None:
+    """SIGKILL the compressor whose pid a dead worker wrote in the run lock, if it is still one of ours."""
+    import psutil
+
+    try:
+        proc = psutil.Process(int(lock_path.read_text().strip()))
+        if "compressor" in " ".join(proc.cmdline()):
+            proc.kill()
+    except (ValueError, OSError, psutil.Error):
+        pass
 
 
 def _die_with_parent() -> None:
@@ -100,13 +129,20 @@ class Worker:
                        "--device", self.device, *job.options.cli_args()]
 
     def run_job(self, job: JobView) -> None:
+        if job.options is None and not (self.store.run_dir(job.job_id) / "checkpoints" / "last.pt").is_file():
+            self.store.finish(job.job_id, "failed", "the job's stored options are not valid; submit it again")
+            return
         env = dict(os.environ)
         # leave a core to the classifier: the job is the batch workload, classification the interactive one
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
         tail = MetricsTail(self.store.run_dir(job.job_id))
-        with self.store.log_path(job.job_id).open("ab") as log:
+        with self._run_lock(job) as lock, self.store.log_path(job.job_id).open("ab") as log:
             proc = subprocess.Popen(self.command(job), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    preexec_fn=_die_with_parent, start_new_session=True)
+                                    preexec_fn=_die_with_parent, start_new_session=True, pass_fds=(lock.fileno(),))
+            lock.seek(0)
+            lock.truncate()
+            lock.write(str(proc.pid))
+            lock.flush()
             interrupted_at: float | None = None
             while proc.poll() is None:
                 self.stopping.wait(POLL_SECONDS)
@@ -135,23 +171,67 @@ class Worker:
         else:
             self.store.finish(job.job_id, "failed", self._failure_reason(job, rc))
 
+    @contextmanager
+    def _run_lock(self, job: JobView) -> Iterator[IO[str]]:
+        """An exclusive lock on the job's folder, inherited by its compressor: a worker that died leaves its
+        compressor checkpointing (it got SIGINT), and the next worker must not resume the job until that
+        process has exited. After the grace period the stale compressor is killed by the pid in the file."""
+        path = self.store.job_dir(job.job_id) / "run.lock"
+        lock = path.open("a+")
+        try:
+            deadline = time.monotonic() + GRACE_SECONDS + 10
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        _kill_stale_compressor(path)
+                        deadline = time.monotonic() + 10
+                    time.sleep(0.5)
+            yield lock
+        finally:
+            lock.close()
+
     def _failure_reason(self, job: JobView, rc: int) -> str:
+        """What a client is told: the compressor's own `error:` line, else the last line of its output, with
+        server paths reduced to file names and no traceback frames (the job's log.txt keeps everything)."""
         lines = self.store.log_path(job.job_id).read_text(errors="replace").strip().splitlines()
-        errors = [line for line in lines if line.startswith("error:")]
-        if rc == EXIT_USAGE and errors:
-            return errors[-1].removeprefix("error:").strip()
-        tail = " | ".join(lines[-3:]) if lines else "no output"
-        return f"the compressor exited with code {rc}: {tail}"
+        errors = [line.removeprefix("error:").strip() for line in lines if line.startswith("error:")]
+        if errors:
+            return without_paths(errors[-1], self.store.root)
+        plain = [line for line in lines if line.strip() and not line.startswith((" ", "Traceback"))]
+        last = f": {without_paths(plain[-1], self.store.root)[:300]}" if plain else ""
+        return f"the compressor exited with code {rc}{last}"
 
     def serve(self) -> None:
-        for job_id in self.store.recover_interrupted(self.resume_attempts):
-            print(f"worker: job {job_id} was interrupted by a server stop; it will resume", flush=True)
+        """Run queued jobs until told to stop. Storage errors (a full or read-only disk, a locked database) are
+        waited out with back-off rather than fatal; a job that breaks the worker fails with the reason."""
+        recovered, backoff = False, POLL_SECONDS
         while not self.should_stop():
-            job = self.store.claim_next()
-            if job is None:
-                self.stopping.wait(POLL_SECONDS)
-                continue
-            self.run_job(job)
+            job = None
+            try:
+                if not recovered:
+                    for job_id in self.store.recover_interrupted(self.resume_attempts):
+                        print(f"worker: job {job_id} was interrupted by a server stop; it will resume", flush=True)
+                    recovered = True
+                job = self.store.claim_next()
+                backoff = POLL_SECONDS
+                if job is None:
+                    self.stopping.wait(POLL_SECONDS)
+                    continue
+                self.run_job(job)
+            except (sqlite3.Error, OSError) as exc:
+                print(f"worker: job storage failed ({type(exc).__name__}: {exc}); retrying in {backoff:.0f} s", flush=True)
+                self.stopping.wait(backoff)
+                backoff = min(STORAGE_BACKOFF_MAX, backoff * 2)
+            except Exception as exc:  # a bug met by one job must not stop the queue
+                traceback.print_exc()
+                if job is not None:
+                    try:
+                        self.store.finish(job.job_id, "failed", f"the job worker could not run it: {type(exc).__name__}")
+                    except (sqlite3.Error, OSError):
+                        pass
 
 
 def main(argv: list[str] | None = None) -> int:

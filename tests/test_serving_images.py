@@ -73,3 +73,26 @@ def test_pixel_limit_is_the_operators_not_pillows():
         decode_image(big, max_pixels=5_000_000)
     assert info.value.status == 413
     assert decode_image(big, max_pixels=6_000_000).size == (3000, 2000)
+
+
+def _smooth(width: int, height: int) -> Image.Image:
+    """A smooth colour gradient: downscaling it any sensible way gives nearly the same small image."""
+    x, y = np.meshgrid(np.linspace(0, 1, width), np.linspace(0, 1, height))
+    rgb = np.stack([x, y, (x + y) / 2], axis=-1)
+    return Image.fromarray((rgb * 255).round().astype(np.uint8))
+
+
+@pytest.mark.parametrize("fmt, mode", [("JPEG", "RGB"), ("PNG", "RGBA"), ("PNG", "RGB")])
+def test_large_images_are_reduced_while_decoding_and_give_the_same_input(fmt, mode):
+    """A 4000 x 3000 JPEG decodes at 1/8 scale (draft), never at full size; any large image is box-reduced
+    before conversion. The model input stays what a full-size decode and resize would give."""
+    big = _smooth(4000, 3000).convert(mode)
+    blob = encode(big, fmt)
+    decoded = decode_image(blob, 40_000_000, target_size=32)
+    if fmt == "JPEG":
+        assert decoded.size == (500, 375)
+    reduced = to_model_input(decoded, 32, 3, [0.5] * 3, [0.25] * 3)
+    full = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR,
+                                                                          reducing_gap=3.0), np.float32) / 255
+    full = (full.transpose(2, 0, 1) - 0.5) / 0.25
+    assert np.abs(reduced - full).mean() < 0.02 and np.abs(reduced - full).max() < 0.2

@@ -91,7 +91,36 @@ def test_job_options_are_exactly_compressor_flags(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [{"ratio": 0}, {"ratio": 1.0}, {"ratio": "lots"}, {"ratio": 0.1, "arch": "evil.module:factory"},
-                                 {"ratio": 0.1, "dataset": "/etc"}, {"ratio": 0.1, "surprise": 1}])
+                                 {"ratio": 0.1, "dataset": "/etc"}, {"ratio": 0.1, "surprise": 1},
+                                 {"ratio": float("nan")}, {"ratio": 0.1, "mean": [float("nan")], "std": [0.0]},
+                                 {"ratio": 0.1, "std": [0.0]}, {"ratio": 0.1, "std": [-1.0]}, {"ratio": 0.1, "lr": float("inf")},
+                                 {"ratio": 0.1, "mean": [0.5, 0.5], "std": [0.2]}, {"ratio": 0.1, "mean": []},
+                                 {"ratio": 0.1, "mean": [0.1] * 5}])
 def test_bad_options_are_refused(bad):
     with pytest.raises(ValidationError):
         JobOptions.model_validate(bad)
+
+
+def test_a_row_that_no_longer_validates_is_listed_and_failed_not_fatal(tmp_path):
+    """A row written by an older, laxer server (NaN stored as null): listing and status still answer, and
+    the worker fails that job with a reason and runs the next one."""
+    from serving.worker import Worker
+
+    store = JobStore(tmp_path)
+    bad = new_job(store)
+    with store._connect() as db:
+        db.execute("UPDATE jobs SET options = ? WHERE id = ?", ('{"ratio": 0.1, "mean": [null], "std": [0.0]}', bad))
+    assert store.get(bad).options is None and [j.job_id for j in store.list()] == [bad]
+    worker = Worker(tmp_path, None, "cpu", resume_attempts=1)
+    worker.run_job(store.claim_next())
+    failed = store.get(bad)
+    assert failed.status == "failed" and "options" in failed.error
+
+
+def test_failure_reasons_carry_no_server_paths(tmp_path):
+    from serving.worker import without_paths
+
+    root = tmp_path / "jobs"
+    text = f"cannot read {root / 'abc' / 'teacher.pth'}: bad file; see /usr/lib/python3/site.py"
+    assert without_paths(text, root) == "cannot read teacher.pth: bad file; see site.py"
+    assert str(tmp_path) not in without_paths(text, root)

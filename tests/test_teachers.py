@@ -139,3 +139,21 @@ def test_torchscript_payload_never_runs_without_trust(tmp_path):
     assert "payload ran" not in str(refused.value)
     with pytest.raises(Exception, match="payload ran"):  # the control: loading it really does run its code
         torch.jit.load(str(tmp_path / "evil.pt"))
+
+
+def test_an_archive_that_would_inflate_past_the_limit_is_refused_from_its_directory(tmp_path):
+    """A small upload whose zip member unpacks to 64 MiB: refused before torch.load inflates anything."""
+    import zipfile
+
+    from compressor.teachers import check_archive_size
+
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("archive/data/0", "w") as member:
+            for _ in range(64):
+                member.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(CompressorError, match="unpacks to 67,108,864 bytes"):
+        check_archive_size(bomb, 10 << 20)
+    torch.save(create_model("resnet20", num_classes=10).state_dict(), tmp_path / "t.pth")
+    check_archive_size(tmp_path / "t.pth", 10 << 20)  # a real checkpoint under the limit passes
