@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select-on", choices=["synthetic", "val"], help="model selection criterion (default synthetic: data-free)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="compile the training steps with torch.compile (default backend inductor); off unless given")
     p.add_argument("--preset", choices=["default", "seed", "paper"])
     p.add_argument("--input-size", type=int)
     p.add_argument("--mean", type=_floats, help="per-channel input mean, e.g. 0.485,0.456,0.406")
@@ -94,7 +96,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                      "eval_every": args.eval_every, "select_on": args.select_on}.items()
         if v is not None
     }
-    for flag, key in (("steps", "steps"), ("batch_size", "batch_size"), ("seed", "seed"), ("device", "device")):
+    for flag, key in (("steps", "steps"), ("batch_size", "batch_size"), ("seed", "seed"), ("device", "device"),
+                      ("compile", "compile")):
         if getattr(args, flag) is not None:
             fields[key] = getattr(args, flag)
     cfg = RunConfig(**fields)

@@ -138,6 +138,9 @@ class RunConfig(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # bf16 autocast, on CUDA only
+    # torch.compile backend for the two training steps ("inductor"), or None for eager. Off by default until a
+    # GPU measurement shows it pays for its compile time (python -m benchmarks.gpu --compile inductor).
+    compile: str | None = None
     export_onnx: bool = True
 
     @field_validator("batch_size")

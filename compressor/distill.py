@@ -17,6 +17,7 @@ import contextlib
 import copy
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,12 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from compressor.batch_size import choose_batch_size
+from compressor.compile import compile_steps
 from compressor.config import OptimizerConfig, RunConfig
-from compressor.data import PRESETS, IMAGENET_MEAN, IMAGENET_STD, LabelledData, load_dataset, reported_split_indices, stratified_subset
+from compressor.data import PRESETS, IMAGENET_MEAN, IMAGENET_STD, LabelledData, Split, load_dataset, reported_split_indices, stratified_subset
 from compressor.errors import CompressorError
-from compressor.evaluate import confusion_matrix, evaluate_splits, normalise, predict_logits, teacher_agreement
+from compressor.evaluate import (confusion_matrix, evaluate_splits, predict_logits, prepare_eval_images,
+                                 teacher_agreement)
 from compressor.generator import Generator
 from compressor.methods import SynthBatch, create_method
 from compressor.model_stats import ModelProfile, count_macs, profile_model
@@ -162,18 +165,20 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Mo
     opt.step()
 
 
-def trial_round(method, student: nn.Module, generator: nn.Module, n: int, noise_dim: int, device: torch.device, amp) -> None:
-    """One generator and one student forward/backward at batch n, for `--batch-size auto`; every weight,
-    batch-norm statistic and random state it touches is put back, so the run itself is unchanged."""
+def trial_round(synthesis_loss, distillation_loss, student: nn.Module, generator: nn.Module, n: int, noise_dim: int,
+                device: torch.device, amp) -> None:
+    """One generator and one student forward/backward at batch n, for `--batch-size auto` and the `--compile`
+    warm-up; every weight, batch-norm statistic and random state it touches is put back, so the run itself is
+    unchanged."""
     saved = [copy.deepcopy(m.state_dict()) for m in (student, generator)]
     rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
     try:
         z = torch.randn(n, noise_dim, device=device)
         with amp():
-            loss_g, _ = method.generator_loss(SynthBatch(z, generator(z)))
+            images, loss_g, _ = synthesis_loss(z)
         loss_g.backward()
         with amp():
-            loss_s, _ = method.student_loss(SynthBatch(z, generator(z).detach()))
+            loss_s, _ = distillation_loss(SynthBatch(z, images.detach()))
         loss_s.backward()
     finally:
         for m, state in zip((student, generator), saved):
@@ -189,6 +194,48 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def host_copy(obj):
+    """A checkpoint state with every tensor copied to host memory, so the loop may go on changing its own."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Checkpoints written by a background thread: the loop waits for the copy to host memory, not for the
+    disk (a GPU run's pool alone can be 2 GiB). One write at a time; `wait()` before anything reads the files
+    or the run ends, and a failed write is raised there."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def save(self, paths: list[Path], state: dict) -> None:
+        self.wait()
+        snapshot = host_copy(state)
+        self.thread = threading.Thread(target=self._write, args=(paths, snapshot), name="checkpoint-writer")
+        self.thread.start()
+
+    def _write(self, paths: list[Path], snapshot: dict) -> None:
+        try:
+            for path in paths:
+                save_checkpoint(path, snapshot)
+        except BaseException as exc:  # raised in the loop's thread by wait()
+            self.error = exc
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise CompressorError(f"could not write a checkpoint: {error}") from error
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -244,13 +291,31 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     if cfg.method.name == "default" and len(getattr(method, "bn_stats", [])) == 0:
         tqdm.write("warning: the teacher has no BatchNorm layers, so the batch-norm statistics term is off; "
                    "expect a weaker student (the adversarial, balance and one-hot terms remain)")
+
+    # The two forward passes a round repeats: what --compile hands to torch.compile.
+    def synthesis_loss(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        images = generator(z)
+        loss, logs = method.generator_loss(SynthBatch(z, images))
+        return images, loss, logs
+
+    def distillation_loss(batch: SynthBatch) -> tuple[torch.Tensor, dict]:
+        return method.student_loss(batch)
+
+    def trial(steps: tuple, n: int) -> None:
+        trial_round(*steps, student, generator, n, cfg.generator.noise_dim, device, amp)
+
     batch_choice = None
     if cfg.batch_size == "auto":  # resolved once; config.json keeps the number, so a resume uses the same
-        batch_choice = choose_batch_size(
-            lambda n: trial_round(method, student, generator, n, cfg.generator.noise_dim, device, amp), device)
+        batch_choice = choose_batch_size(lambda n: trial((synthesis_loss, distillation_loss), n), device)
         cfg.batch_size = batch_choice.batch_size
         if is_main and not quiet:
             print(f"batch size {cfg.batch_size} (auto: {batch_choice.reason})")
+    compile_note = None
+    if cfg.compile:
+        (synthesis_loss, distillation_loss), compile_note = compile_steps(
+            (synthesis_loss, distillation_loss), cfg.compile, lambda steps: trial(steps, cfg.batch_size))
+        if is_main and not quiet:
+            print(compile_note)
     teacher_params, student_params = teacher_profile.params, plan.params
     teacher_macs, student_macs = teacher_profile.macs, count_macs(student, input_shape)
     if is_main and not quiet:
@@ -272,7 +337,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         if data is None or data.train is None:
             raise CompressorError("--select-on val needs a dataset with a train split to hold a validation subset out of")
         idx = stratified_subset(data.train.labels, min(1.0, 1000 / len(data.train.labels)), seed=1)
-        val_images, val_labels = normalise(data.train.images[idx], t.mean, t.std), data.train.labels[idx]
+        val = prepare_eval_images(Split(data.train.images[idx], data.train.labels[idx]), t.mean, t.std, device)
+        val_images, val_labels = val.images, val.labels
     elif cfg.eval.select_on != "synthetic":
         raise CompressorError(f"--select-on must be 'synthetic' or 'val', not {cfg.eval.select_on!r}")
     heldout_rng = torch.Generator(device="cpu").manual_seed(cfg.seed + 10_000)
@@ -309,8 +375,9 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
 
     teacher_acc: dict = {}
     teacher_pred: torch.Tensor | None = None  # kept for the teacher's confusion matrix: the teacher never changes
+    eval_set = prepare_eval_images(data.test, t.mean, t.std, device) if data is not None else None
     if data is not None:
-        t_top1, t_top5, teacher_pred = evaluate_splits(teacher, data.test, split_indices, t.mean, t.std, device)
+        t_top1, t_top5, teacher_pred = evaluate_splits(teacher, eval_set, split_indices, None, None, device)
         teacher_acc = {"top1": t_top1, "top5": t_top5}
 
     def checkpoint_state(step: int) -> dict:
@@ -368,6 +435,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             bar.set_postfix(**last, **({"acc": f"{last_eval_acc:.3f}"} if last_eval_acc is not None else {}))
         pending.clear()
 
+    writer = CheckpointWriter()
     loop_started = last_flush = time.time()
     try:
         for step in range(start_step, cfg.steps):
@@ -389,8 +457,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             z = noise()
             for _ in range(g_steps):
                 with amp():
-                    images = generator(z)
-                    loss_g, logs_g = method.generator_loss(SynthBatch(z, images))
+                    images, loss_g, logs_g = synthesis_loss(z)  # generator(z), then the method's generator loss
                 optimizer_step(opt_g, loss_g, generator, cfg.grad_clip)
                 synthesised += len(z)
                 logs.update(logs_g)
@@ -402,7 +469,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             for _ in range(k_steps):
                 batch = method.student_batch(cfg.batch_size)
                 with amp():
-                    loss_s, logs_s = method.student_loss(batch)
+                    loss_s, logs_s = distillation_loss(batch)  # the method's student loss
                 optimizer_step(opt_s, loss_s, student, cfg.grad_clip)
                 synthesised += batch.synthesised
                 logs.update(logs_s)
@@ -442,17 +509,15 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                     best_score, best_step = score, done
                 eval_record = {"step": done, "selection_score": score, "best_step": best_step}
                 if data is not None:
-                    top1, _, _ = evaluate_splits(student, data.test, {"full": split_indices["full"]}, t.mean, t.std, device)
+                    top1, _, _ = evaluate_splits(student, eval_set, {"full": split_indices["full"]}, None, None, device)
                     last_eval_acc = top1["full"]
                     eval_record["accuracy"] = last_eval_acc
                 history.append(eval_record)
                 record["eval"] = eval_record
                 flush_metrics()
                 if is_main:
-                    state = checkpoint_state(done)
-                    save_checkpoint(ckpt_dir / "last.pt", state)
-                    if best_step == done:
-                        save_checkpoint(ckpt_dir / "best.pt", state)
+                    writer.save([ckpt_dir / "last.pt", *([ckpt_dir / "best.pt"] if best_step == done else [])],
+                                checkpoint_state(done))
             if device.type != "cuda" or time.time() - last_flush > 5:  # a CPU loses nothing by reading at once
                 flush_metrics()
             bar.update(1)
@@ -466,10 +531,12 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         flush_metrics()
         bar.close()
         if is_main:
+            writer.wait()
             save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))
         raise Interrupted(step, run_dir) from None
     flush_metrics()
     bar.close()
+    writer.wait()
     loop_ended = time.time()
     if step < cfg.steps:  # stopped early on purpose: leave a resumable checkpoint
         if is_main:
@@ -483,7 +550,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     student_acc: dict = {}
     confusions = {}
     if data is not None:
-        s_top1, s_top5, s_pred = evaluate_splits(student, data.test, split_indices, t.mean, t.std, device)
+        s_top1, s_top5, s_pred = evaluate_splits(student, eval_set, split_indices, None, None, device)
         student_acc = {"top1": s_top1, "top5": s_top5}
         confusions = {
             "student": confusion_matrix(s_pred, data.test.labels, t.num_classes),
@@ -546,6 +613,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         "round": {"generator_steps": g_steps, "student_steps": k_steps},
         "batch_size": cfg.batch_size,
         "batch_size_auto": batch_choice.model_dump() if batch_choice else None,
+        "compile": compile_note,
         "images_synthesised": synthesised if start_step == 0 else None,
         "images_per_second": synthesised / max(synth_time, 1e-9) if start_step == 0 else None,
         "wall_seconds": wall,

@@ -30,19 +30,33 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return hits.float().mean().item()
 
 
+ON_DEVICE_LIMIT_BYTES = 2 * 2**30  # evaluation images kept on the GPU up to this size; larger sets stream
+
+
+def prepare_eval_images(test: Split, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> Split:
+    """The test split normalised once and, on a GPU, moved there once when it fits: the loop's evaluations
+    then cost forward passes only, not a normalisation and a host-to-device copy of the whole set each time."""
+    images = normalise(test.images, mean, std)
+    if device.type == "cuda" and images.numel() * images.element_size() <= ON_DEVICE_LIMIT_BYTES:
+        images = images.to(device)
+    return Split(images, test.labels)
+
+
 def evaluate_splits(
     model: nn.Module,
     test: Split,
     split_indices: dict[str, torch.Tensor],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
     device: torch.device,
 ) -> tuple[dict[str, float], dict[str, float] | None, torch.Tensor]:
     """Top-1 per split, top-5 per split where there are more than 10 classes, and the test-set predictions.
 
-    The splits index one test set, so the model runs over it once.
+    The splits index one test set, so the model runs over it once. `mean`/`std` None: `test` already went
+    through `prepare_eval_images`.
     """
-    logits = predict_logits(model, normalise(test.images, mean, std), device)
+    images = test.images if mean is None else normalise(test.images, mean, std)
+    logits = predict_logits(model, images, device)
     top1 = {name: topk_accuracy(logits[idx], test.labels[idx], 1) for name, idx in split_indices.items()}
     top5 = {name: topk_accuracy(logits[idx], test.labels[idx], 5) for name, idx in split_indices.items()}
     return top1, (top5 if logits.shape[1] > 10 else None), logits.argmax(dim=1)

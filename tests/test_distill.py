@@ -117,6 +117,23 @@ def test_auto_batch_size_is_chosen_by_trial_and_leaves_the_run_unchanged(tmp_pat
     assert lines("auto") == lines("fixed")
 
 
+def test_compiled_training_steps_train_the_same_and_a_failed_compile_falls_back(tmp_path):
+    """Dynamo's `eager` backend traces the real steps (graph capture, guards, the batch-norm hooks) without
+    inductor's C++ toolchain: the run must match the uncompiled one. An unusable backend is reported and the
+    run goes on eagerly, with the same result."""
+    lines = lambda name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    plain = run(_tiny_config(tmp_path, "plain", steps=2), quiet=True).report
+    assert plain["compile"] is None
+    compiled = run(_tiny_config(tmp_path, "compiled", steps=2).model_copy(update={"compile": "eager"}), quiet=True).report
+    assert compiled["compile"] == "training steps compiled with torch.compile (eager)"
+    broken = run(_tiny_config(tmp_path, "broken", steps=2).model_copy(update={"compile": "no_such_backend"}), quiet=True).report
+    assert broken["compile"].startswith("torch.compile (no_such_backend) failed, running eagerly: InvalidBackend")
+    for name in ("compiled", "broken"):
+        for a, b in zip(lines("plain"), lines(name), strict=True):
+            assert a.keys() == b.keys()
+            assert all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5) for k in a if k != "eval"), (name, a, b)
+
+
 def test_metrics_carry_losses_every_step_and_evaluations_at_eval_steps(tmp_path):
     run(_tiny_config(tmp_path, "metrics", steps=4, dataset="digits"), quiet=True)
     records = [json.loads(x) for x in (tmp_path / "metrics" / "metrics.jsonl").read_text().splitlines()]
