@@ -16,23 +16,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-import pytest
 from PIL import Image
 
 from serving.local import LocalServer
-from tests.e2e.test_service import AUTH, start_server, wait_for
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("reliability")
-
-
-@pytest.fixture(scope="module")
-def server(workdir, demo_run):
-    srv = start_server(workdir, demo_run / "student.onnx")
-    yield srv
-    srv.stop()
+from tests.e2e.test_service import AUTH, server, wait_for, workdir  # noqa: F401 (fixtures: a server of this module's own)
 
 
 def _processes(srv: LocalServer, marker: str) -> list[psutil.Process]:
