@@ -22,7 +22,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from serving.jobs import JobStore
 from serving.schemas import JobProgress, JobView
@@ -146,15 +146,36 @@ class Worker:
             interrupted_at: float | None = None
             while proc.poll() is None:
                 self.stopping.wait(POLL_SECONDS)
-                progress = tail.poll()
-                if progress is not None:
-                    self.store.set_progress(job.job_id, progress)
-                if interrupted_at is None and (self.should_stop() or self.store.cancel_requested(job.job_id)):
+                try:  # the job runs on while the table is unavailable; progress catches up afterwards
+                    progress = tail.poll()
+                    if progress is not None:
+                        self.store.set_progress(job.job_id, progress)
+                    cancel = self.store.cancel_requested(job.job_id)
+                except (sqlite3.Error, OSError) as exc:
+                    print(f"worker: job storage failed while job {job.job_id} runs ({exc}); still running", flush=True)
+                    cancel = False
+                if interrupted_at is None and (self.should_stop() or cancel):
                     interrupted_at = time.monotonic()
                     proc.send_signal(signal.SIGINT)
                 elif interrupted_at is not None and time.monotonic() - interrupted_at > GRACE_SECONDS:
                     proc.kill()  # it had its chance to checkpoint; the periodic checkpoint remains
             rc = proc.returncode
+        self._until_stored(lambda: self._record_outcome(job, rc, tail))
+
+    def _until_stored(self, write: Callable[[], None]) -> None:
+        """A finished job's outcome must reach the table: storage errors are retried with back-off."""
+        backoff = POLL_SECONDS
+        while True:
+            try:
+                return write()
+            except (sqlite3.Error, OSError) as exc:
+                if self.stopping.is_set():
+                    raise  # the job stays 'running' and is recovered at the next start
+                print(f"worker: cannot record the job's outcome ({exc}); retrying in {backoff:.0f} s", flush=True)
+                self.stopping.wait(backoff)
+                backoff = min(STORAGE_BACKOFF_MAX, backoff * 2)
+
+    def _record_outcome(self, job: JobView, rc: int, tail: MetricsTail) -> None:
         progress = tail.poll()
         if progress is not None:
             self.store.set_progress(job.job_id, progress)

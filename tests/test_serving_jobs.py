@@ -124,3 +124,39 @@ def test_failure_reasons_carry_no_server_paths(tmp_path):
     text = f"cannot read {root / 'abc' / 'teacher.pth'}: bad file; see /usr/lib/python3/site.py"
     assert without_paths(text, root) == "cannot read teacher.pth: bad file; see site.py"
     assert str(tmp_path) not in without_paths(text, root)
+
+
+def test_the_worker_waits_out_a_storage_failure_and_carries_on(tmp_path):
+    """The job table disappears from under a running worker (a directory where the database file was): the
+    worker keeps retrying with back-off instead of dying, and once the file is back it runs the queue."""
+    import shutil
+    import threading
+    import time
+
+    from serving.worker import Worker
+
+    store = JobStore(tmp_path)
+    bad = new_job(store)
+    with store._connect() as db:  # a row the worker fails at once, without starting a compressor
+        db.execute("UPDATE jobs SET options = '{}' WHERE id = ?", (bad,))
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    db_files = [p for p in tmp_path.iterdir() if p.name.startswith("jobs.sqlite")]
+    for p in db_files:
+        shutil.move(p, hidden / p.name)
+    (tmp_path / "jobs.sqlite").mkdir()  # sqlite cannot open a directory
+
+    worker = Worker(tmp_path, None, "cpu", resume_attempts=1)
+    thread = threading.Thread(target=worker.serve, daemon=True)
+    thread.start()
+    time.sleep(2.0)
+    assert thread.is_alive()
+    (tmp_path / "jobs.sqlite").rmdir()
+    for p in db_files:
+        shutil.move(hidden / p.name, p)
+    deadline = time.time() + 30
+    while time.time() < deadline and store.get(bad).status != "failed":
+        time.sleep(0.2)
+    worker.stopping.set()
+    thread.join(timeout=10)
+    assert store.get(bad).status == "failed" and "options" in store.get(bad).error
