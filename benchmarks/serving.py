@@ -68,26 +68,27 @@ def load(url: str, image: bytes, requests: int, concurrency: int) -> dict:
 
 def crowd(url: str, image: bytes, n: int, timeout: float = 60.0) -> dict:
     """n requests at once from one event loop (each on its own connection), as a burst of clients would."""
-    async def run() -> list[tuple[int | None, float]]:
+    async def run() -> list[tuple[int | None, bool, float]]:
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-            async def one() -> tuple[int | None, float]:
+            async def one() -> tuple[int | None, bool, float]:
                 t = time.perf_counter()
                 try:
                     r = await client.post(url + "/classify", files={"image": ("x.png", image, "image/png")})
-                    return r.status_code, time.perf_counter() - t
+                    return r.status_code, "retry-after" in r.headers, time.perf_counter() - t
                 except httpx.HTTPError:
-                    return None, time.perf_counter() - t
+                    return None, False, time.perf_counter() - t
             return await asyncio.gather(*(one() for _ in range(n)))
 
     started = time.perf_counter()
     results = asyncio.run(run())
     wall = time.perf_counter() - started
-    ok = np.array([t for s, t in results if s == 200]) * 1000
-    shed = np.array([t for s, t in results if s == 503]) * 1000
+    ok = np.array([t for s, _, t in results if s == 200]) * 1000
+    shed = np.array([t for s, _, t in results if s == 503]) * 1000
     return {"crowd": n, "answered": int(len(ok)), "shed_503": int(len(shed)),
-            "other_errors": sum(s not in (200, 503, None) for s, _ in results),
-            "lost": sum(s is None for s, _ in results),
+            "shed_without_retry_after": sum(s == 503 and not retry for s, retry, _ in results),
+            "other_errors": sum(s not in (200, 503, None) for s, _, _ in results),
+            "lost": sum(s is None for s, _, _ in results),
             "p50_ms": float(np.percentile(ok, 50)) if len(ok) else None,
             "p99_ms": float(np.percentile(ok, 99)) if len(ok) else None,
             "slowest_503_ms": float(shed.max()) if len(shed) else None, "wall_seconds": wall}

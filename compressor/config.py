@@ -5,14 +5,23 @@ The CLI maps flags onto these; each run writes its resolved `RunConfig` to
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from compressor.errors import CompressorError
 
 MethodName = Literal["default", "dfad"]
 PresetName = Literal["default", "seed", "paper"]
+
+
+def _all_positive(values: tuple[float, ...]) -> tuple[float, ...]:
+    if any(x <= 0 for x in values):
+        raise ValueError("every std must be above 0 (inputs are divided by it)")
+    return values
+
+
+Std = Annotated[tuple[float, ...], AfterValidator(_all_positive)]  # per-channel std: the CLI's and the service's
 
 
 class Strict(BaseModel):
@@ -69,16 +78,9 @@ class TeacherConfig(Strict):
     in_channels: int | None = None
     input_size: int | None = Field(None, gt=0)
     mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
+    std: Std | None = None
     class_names: list[str] | None = None
     trust_code: bool = False  # allow TorchScript archives (code that runs as it loads); never set for uploads
-
-    @field_validator("std")
-    @classmethod
-    def _positive_std(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if v is not None and any(x <= 0 for x in v):
-            raise ValueError("every std must be above 0 (inputs are divided by it)")
-        return v
 
 
 class StudentConfig(Strict):

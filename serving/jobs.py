@@ -40,7 +40,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created);
 """
 
 
-def stored_options(text: str) -> JobOptions | None:
+def _stored_options(text: str) -> JobOptions | None:
     """A row's options, or None where they no longer validate (a row from an older, laxer server, or edited by
     hand): listing and status must still answer, and the worker fails such a job instead of dying on it."""
     try:
@@ -117,7 +117,7 @@ class JobStore:
             artifacts = [n for n in DOWNLOADABLE if (self.run_dir(row["id"]) / n).is_file()]
         return JobView(
             job_id=row["id"], status=row["status"], created=row["created"], started=row["started"],
-            finished=row["finished"], options=stored_options(row["options"]),
+            finished=row["finished"], options=_stored_options(row["options"]),
             progress=_stored_progress(row["progress"]), error=row["error"],
             notes=json.loads(row["notes"]), cancel_requested=bool(row["cancel_requested"]), artifacts=artifacts,
         )

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import math
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from compressor.config import Std
 
 
 class Strict(BaseModel):
@@ -81,14 +81,7 @@ class JobOptions(Strict):
         None, description="evaluation data for the report; cifar needs the server's torchvision copy (no download)")
     input_size: int | None = Field(None, gt=0, le=1024)
     mean: tuple[float, ...] | None = Field(None, min_length=1, max_length=4, description="per channel, or one for all")
-    std: tuple[float, ...] | None = Field(None, min_length=1, max_length=4, description="per channel, each > 0")
-
-    @field_validator("std")
-    @classmethod
-    def _positive_std(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if v is not None and any(not math.isfinite(x) or x <= 0 for x in v):
-            raise ValueError("every std must be a finite number above 0")
-        return v
+    std: Std | None = Field(None, min_length=1, max_length=4, description="per channel, each > 0")
 
     @model_validator(mode="after")
     def _same_channel_count(self) -> "JobOptions":

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psutil
 from PIL import Image
 
+from benchmarks.serving import crowd, sample_png
 from serving.local import LocalServer
 from tests.e2e.test_service import AUTH, server, wait_for, workdir  # noqa: F401 (fixtures: a server of this module's own)
 
@@ -158,45 +158,21 @@ def test_the_fronts_memory_returns_after_a_burst_of_large_images(server):
     assert after - baseline < 200 * 2**20  # and 3.2 GB stayed held
 
 
-def _digit_png() -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 16), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-async def _crowd(url: str, n: int, timeout: float) -> list[tuple[int | None, bool, float]]:
-    """n requests at once; (status or None if unanswered, Retry-After present, seconds)."""
-    blob = _digit_png()
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        async def one():
-            start = time.perf_counter()
-            try:
-                r = await client.post(url + "/classify", files={"image": ("d.png", blob)})
-                return r.status_code, "retry-after" in r.headers, time.perf_counter() - start
-            except httpx.HTTPError:
-                return None, False, time.perf_counter() - start
-
-        return await asyncio.gather(*(one() for _ in range(n)))
-
-
 def test_five_hundred_concurrent_requests_are_all_answered(server):
-    results = asyncio.run(_crowd(server.url, 500, timeout=60))
-    statuses = [s for s, _, _ in results]
-    print({s: statuses.count(s) for s in set(statuses)}, f"slowest {max(t for _, _, t in results):.1f} s")
-    assert None not in statuses  # nothing lost
-    assert set(statuses) <= {200, 503}
-    assert all(retry for s, retry, _ in results if s == 503)
-    assert statuses.count(200) >= 250
+    burst = crowd(server.url, sample_png(16, 1), 500, timeout=60)
+    print(burst)
+    assert burst["lost"] == 0 and burst["other_errors"] == 0  # every request answered: a result or a 503
+    assert burst["shed_without_retry_after"] == 0
+    assert burst["answered"] >= 250
 
 
 def test_ctrl_c_stops_the_server_within_ten_seconds_under_load(server):
-    crowd = threading.Thread(target=lambda: asyncio.run(_crowd(server.url, 300, timeout=30)))
-    crowd.start()
+    load = threading.Thread(target=crowd, args=(server.url, sample_png(16, 1), 300, 30.0))
+    load.start()
     time.sleep(1.0)
     started = time.monotonic()
     os.killpg(server.proc.pid, signal.SIGINT)
     server.proc.wait(timeout=60)
     stopped = time.monotonic() - started
-    crowd.join()
+    load.join()
     assert stopped < 10, f"stopping took {stopped:.1f} s"
