@@ -60,6 +60,11 @@ class MethodSettings(Strict):
     temperature: float = Field(4.0, gt=0)
     pool_size: int = Field(50_000, ge=1)  # synthetic images kept (uint8, memory-mapped in the run folder)
     generator_reset_every: int = Field(0, ge=0)  # re-initialise the generator every this many rounds (0: never)
+    # Where a round's synthesis starts. "kept": from where the last round left the generator. "meta" (Fast's
+    # meta-generator): from a copy of a shared generator, which then takes one first-order meta step with the
+    # copy's summed gradients, so that it learns to be a start from which g steps reach a fresh, useful batch.
+    generator_start: Literal["kept", "meta"] = "kept"
+    latent_lr: float = Field(0.0, ge=0)  # > 0: the round's noise is optimised too (Adam, this rate), as in Fast
     augment: bool = True  # random crops of the pool's images, in whole pixels
     flip: bool = True
 

@@ -165,6 +165,17 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Mo
     opt.step()
 
 
+def accumulate_gradients(into: nn.Module, source: nn.Module) -> None:
+    """Add `source`'s parameter gradients to `into`'s (same architecture): the first-order meta gradient."""
+    for p_into, p_source in zip(into.parameters(), source.parameters()):
+        if p_source.grad is None:
+            continue
+        if p_into.grad is None:
+            p_into.grad = p_source.grad.detach().clone()
+        else:
+            p_into.grad.add_(p_source.grad)
+
+
 def trial_round(synthesis_loss, distillation_loss, student: nn.Module, generator: nn.Module, n: int, noise_dim: int,
                 device: torch.device, amp) -> None:
     """One generator and one student forward/backward at batch n, for `--batch-size auto` and the `--compile`
@@ -292,9 +303,13 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         tqdm.write("warning: the teacher has no BatchNorm layers, so the batch-norm statistics term is off; "
                    "expect a weaker student (the adversarial, balance and one-hot terms remain)")
 
+    # With a meta-generator a round optimises a copy (one module reused, so --compile traces it once).
+    meta = cfg.method.generator_start == "meta"
+    round_generator = copy.deepcopy(generator) if meta else generator
+
     # The two forward passes a round repeats: what --compile hands to torch.compile.
     def synthesis_loss(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        images = generator(z)
+        images = round_generator(z)
         loss, logs = method.generator_loss(SynthBatch(z, images))
         return images, loss, logs
 
@@ -302,7 +317,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         return method.student_loss(batch)
 
     def trial(steps: tuple, n: int) -> None:
-        trial_round(*steps, student, generator, n, cfg.generator.noise_dim, device, amp)
+        trial_round(*steps, student, round_generator, n, cfg.generator.noise_dim, device, amp)
 
     batch_choice = None
     if cfg.batch_size == "auto":  # resolved once; config.json keeps the number, so a resume uses the same
@@ -452,15 +467,32 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                     if m is not generator and hasattr(m, "reset_parameters"):
                         m.reset_parameters()
                 opt_g.state.clear()
+            #    A meta round starts from a copy of the shared generator, whose own optimiser steps once at the
+            #    end on the copy's gradients summed over the round (Fast's first-order meta update).
             student.requires_grad_(False)
-            generator.train()
+            round_generator.train()
             z = noise()
+            if meta:
+                round_generator.load_state_dict(generator.state_dict())
+                opt_round = make_optimizer(round_generator.parameters(), cfg.generator_optim, device)  # fresh per round
+                opt_g.zero_grad(set_to_none=True)
+            opt_z = torch.optim.Adam([z.requires_grad_()], lr=cfg.method.latent_lr, betas=(0.5, 0.999)) if cfg.method.latent_lr else None
             for _ in range(g_steps):
                 with amp():
                     images, loss_g, logs_g = synthesis_loss(z)  # generator(z), then the method's generator loss
-                optimizer_step(opt_g, loss_g, generator, cfg.grad_clip)
+                if opt_z is not None:
+                    opt_z.zero_grad(set_to_none=True)
+                if meta:
+                    optimizer_step(opt_round, loss_g, round_generator, cfg.grad_clip)
+                    accumulate_gradients(generator, round_generator)
+                else:
+                    optimizer_step(opt_g, loss_g, generator, cfg.grad_clip)
+                if opt_z is not None:
+                    opt_z.step()
                 synthesised += len(z)
                 logs.update(logs_g)
+            if meta:
+                opt_g.step()
             method.store(images.detach())
             student.requires_grad_(True)
 
@@ -488,11 +520,11 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                     score = (preds == val_labels).float().mean().item()
                     best_wins = best_state is None or score >= best_score
                 else:
-                    generator.eval()
+                    round_generator.eval()  # the generator as the last round left it (a meta round's adapted copy)
                     with torch.no_grad():
                         z = torch.randn(cfg.eval.heldout_per_eval, cfg.generator.noise_dim, generator=heldout_rng).to(device)
-                        new_images = generator(z).float().cpu()
-                    generator.train()
+                        new_images = round_generator(z).float().cpu()
+                    round_generator.train()
                     new_labels = predict_logits(teacher, new_images, device).argmax(1)
                     heldout_images = torch.cat([heldout_images, new_images])[-cfg.eval.heldout_max :]
                     heldout_labels = torch.cat([heldout_labels, new_labels])[-cfg.eval.heldout_max :]
@@ -557,11 +589,11 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             "teacher": confusion_matrix(teacher_pred, data.test.labels, t.num_classes),
         }
 
-    generator.eval()
+    round_generator.eval()
     with torch.no_grad():
         sample_z = torch.randn(64, cfg.generator.noise_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
-        samples = generator(sample_z).float()
-        sample_pixels = generator.to_pixels(samples).clamp(0, 1).cpu()
+        samples = round_generator(sample_z).float()
+        sample_pixels = round_generator.to_pixels(samples).clamp(0, 1).cpu()
         sample_classes = predict_logits(teacher, samples.cpu(), device).argmax(1)
 
     artifacts: dict[str, str | None] = {"onnx": None, "report_md": "report.md"}

@@ -10,7 +10,8 @@ from compressor.distill import run
 from compressor.models import create_model
 
 
-def _tiny_config(tmp_path, name: str, steps: int = 6, dataset: str | None = None, pool_size: int = 50_000) -> RunConfig:
+def _tiny_config(tmp_path, name: str, steps: int = 6, dataset: str | None = None, pool_size: int = 50_000,
+                 **method: object) -> RunConfig:
     teacher = tmp_path / "teacher.pth"
     if not teacher.exists():
         torch.manual_seed(0)
@@ -23,17 +24,19 @@ def _tiny_config(tmp_path, name: str, steps: int = 6, dataset: str | None = None
         eval=EvalConfig(dataset=dataset, eval_every=2, heldout_per_eval=16),
         steps=steps,
         batch_size=16,
-        method=MethodSettings(generator_steps=2, student_steps=2, pool_size=pool_size),
+        method=MethodSettings(generator_steps=2, student_steps=2, pool_size=pool_size, **method),
         device="cpu",
         export_onnx=False,
     )
 
 
-@pytest.mark.parametrize("pool_size", [50_000, 24], ids=["pool-append-only", "pool-wrapped"])
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, pool_size):
-    """The synthetic pool is part of the state: a 24-image pool has wrapped (6 rounds of 16) before the stop."""
-    straight = run(_tiny_config(tmp_path, "straight", pool_size=pool_size), quiet=True)
-    cfg = _tiny_config(tmp_path, "resumed", pool_size=pool_size)
+@pytest.mark.parametrize("pool_size, method", [(50_000, {}), (24, {}), (50_000, {"generator_start": "meta", "latent_lr": 0.01})],
+                         ids=["pool-append-only", "pool-wrapped", "meta-generator"])
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, pool_size, method):
+    """The synthetic pool is part of the state: a 24-image pool has wrapped (6 rounds of 16) before the stop.
+    A meta-generator's rounds start from a copy of the shared generator: only the shared one is state."""
+    straight = run(_tiny_config(tmp_path, "straight", pool_size=pool_size, **method), quiet=True)
+    cfg = _tiny_config(tmp_path, "resumed", pool_size=pool_size, **method)
     partial = run(cfg, stop_at_step=3, quiet=True)
     assert not partial.finished
     assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
@@ -48,6 +51,20 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, pool_size)
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
     assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
     assert straight.report["selection"] == resumed.report["selection"]
+    assert all(torch.equal(a["generator"][k], b["generator"][k]) for k in a["generator"])
+
+
+def test_a_meta_round_moves_the_shared_generator_by_the_rounds_gradients(tmp_path):
+    """Fast's first-order meta update: the shared generator is not the one the round optimised, yet it learns."""
+    torch.manual_seed(0)
+    cfg = _tiny_config(tmp_path, "meta", steps=2, generator_start="meta")
+    start = run(_tiny_config(tmp_path, "zero", steps=1, generator_start="meta"), stop_at_step=0, quiet=True)
+    assert not start.finished
+    initial = torch.load(tmp_path / "zero" / "checkpoints" / "last.pt", weights_only=True)["generator"]
+    run(cfg, quiet=True)
+    trained = torch.load(tmp_path / "meta" / "checkpoints" / "last.pt", weights_only=True)["generator"]
+    moved = [k for k in initial if initial[k].is_floating_point() and not torch.equal(initial[k], trained[k])]
+    assert any(k.endswith("weight") for k in moved), "the meta step left the shared generator unchanged"
 
 
 def test_run_without_data_reports_accuracy_as_not_measured(tmp_path):
