@@ -6,7 +6,7 @@ export BENTOML_DO_NOT_TRACK := True
 
 PORT ?= 3000
 
-.PHONY: install demo test serve
+.PHONY: install demo test serve browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,15 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m compressor demo --out runs/demo
 
-test: install
+# The browser tests drive Debian's chromium with Playwright (Playwright's own browser download is unreachable here).
+CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
+
+browser:
+ifeq ($(CHROMIUM),)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+endif
+
+test: install browser
 	$(PY) -m pytest -q
 
 # The service on 127.0.0.1:$(PORT), serving the demo's student unless COMPRESSOR_MODEL names another ONNX file.

@@ -19,7 +19,8 @@ from typing import Iterator
 
 from serving.schemas import JobOptions, JobProgress, JobState, JobView
 
-DOWNLOADABLE = ("student.onnx", "report.json", "report.md", "student.fp16.onnx", "student.int8.onnx", "accuracy.png")
+DOWNLOADABLE = ("student.onnx", "report.json", "report.md", "student.fp16.onnx", "student.int8.onnx", "accuracy.png",
+                "samples.png", "confusion_full.png", "confusion_full_teacher.png")
 FINISHED: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
 
 _SCHEMA = """
@@ -34,7 +35,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     notes TEXT NOT NULL DEFAULT '[]',
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    teacher TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created);
 """
@@ -70,6 +72,9 @@ class JobStore:
             with closing(sqlite3.connect(self.db_path, timeout=30, isolation_level=None)) as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
+                columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+                if "teacher" not in columns:  # a table from before the uploaded file's name was kept
+                    db.execute("ALTER TABLE jobs ADD COLUMN teacher TEXT")
             self._ready = True
         db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
@@ -99,6 +104,30 @@ class JobStore:
             raise KeyError(name)
         return self.run_dir(job_id) / name
 
+    def metrics(self, job_id: str, start: int = 0, limit: int = 5000) -> tuple[list[dict], int]:
+        """Records of the run's metrics.jsonl from line `start` (at most `limit`), and the line to ask for next.
+
+        The file grows while the job runs, so a last line without its newline is not read yet; a resumed run
+        rewrites its tail, which a poller that starts again from 0 sees whole."""
+        path = self.run_dir(job_id) / "metrics.jsonl"
+        records: list[dict] = []
+        next_line = start
+        try:
+            with path.open("rb") as f:
+                for line_no, line in enumerate(f):
+                    if line_no < start:
+                        continue
+                    if not line.endswith(b"\n") or len(records) >= limit:
+                        break
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError:
+                        records.append({})  # a damaged line keeps its place, so line numbers stay true
+                    next_line = line_no + 1
+        except FileNotFoundError:
+            pass
+        return records, next_line
+
     def new_job_dir(self) -> tuple[str, Path]:
         self.root.mkdir(parents=True, exist_ok=True)
         job_id = secrets.token_hex(16)  # unguessable: the id is what a client uses to reach its results
@@ -120,13 +149,16 @@ class JobStore:
             finished=row["finished"], options=_stored_options(row["options"]),
             progress=_stored_progress(row["progress"]), error=row["error"],
             notes=json.loads(row["notes"]), cancel_requested=bool(row["cancel_requested"]), artifacts=artifacts,
+            teacher=row["teacher"],
         )
 
-    def create(self, job_id: str, options: JobOptions) -> JobView:
+    def create(self, job_id: str, options: JobOptions, teacher: str | None = None) -> JobView:
+        """`teacher` is the uploaded file's name, for people: kept as text, never used as a path."""
         (self.job_dir(job_id) / "options.json").write_text(options.model_dump_json(indent=2))
+        teacher = Path(teacher).name[-120:] if teacher else None  # what a browser sends may carry a client path
         with self._connect() as db:
-            db.execute("INSERT INTO jobs (id, status, created, options) VALUES (?, 'queued', ?, ?)",
-                       (job_id, time.time(), options.model_dump_json()))
+            db.execute("INSERT INTO jobs (id, status, created, options, teacher) VALUES (?, 'queued', ?, ?, ?)",
+                       (job_id, time.time(), options.model_dump_json(), teacher))
         return self.get(job_id)
 
     def get(self, job_id: str) -> JobView | None:

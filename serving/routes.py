@@ -1,4 +1,5 @@
-"""The HTTP routes: /classify, /models, /models/select and /compress/{submit,status,get,cancel,jobs}.
+"""The HTTP routes: /classify, /models, /models/select, /compress/{submit,status,metrics,get,cancel,jobs}, the web
+page (/ and /ui/*) and the API's documentation (/docs.json and its Swagger page at /docs).
 
 They are a Starlette app mounted into the BentoML service rather than `@bentoml.api` methods because BentoML's
 own file parameters were unsafe or fragile here: a JSON string in a `Path` field reaches the API as a server
@@ -15,6 +16,7 @@ import json
 import logging
 import shutil
 import sqlite3
+from pathlib import Path
 from typing import Awaitable, Callable
 
 import anyio
@@ -27,19 +29,31 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from serving import openapi
 from serving.guards import token_matches
 from serving.images import LARGE_IMAGE_PIXELS, ImageRejected, decode_image, release_memory, to_model_input
 from serving.jobs import DOWNLOADABLE, FINISHED, JobStore
 from serving.models import ModelCatalog, ModelSpec, UnknownModel
-from serving.schemas import (ClassifyJSON, ClassifyResponse, ErrorBody, JobOptions, ModelListing, Prediction,
-                             SelectModel, Submitted)
+from serving.schemas import (ClassifyJSON, ClassifyResponse, ErrorBody, JobList, JobOptions, MetricsPage, ModelListing,
+                             Prediction, SelectModel, Submitted)
 from serving.settings import ServingSettings
 
 log = logging.getLogger("serving")
 Predict = Callable[[np.ndarray], Awaitable[np.ndarray]]
 FIELD_LIMIT = 1024 * 1024
+STATIC = Path(__file__).parent / "static"
+# Swagger UI from BentoML's own copy (/static_content), so nothing is fetched from the internet.
+SWAGGER_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dfcompress API</title>
+<link rel="icon" href="/static_content/favicon-light-32x32.png">
+<link rel="stylesheet" href="/static_content/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/static_content/swagger-ui-bundle.js"></script>
+<script src="/ui/swagger.js"></script></body></html>
+"""
 
 
 class RunnerUnavailable(Exception):
@@ -139,7 +153,8 @@ def _prepare(blobs: list[bytes], spec: ModelSpec, max_pixels: int) -> np.ndarray
     return np.stack(arrays)
 
 
-def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
+def make_app(settings: ServingSettings, predict: Predict, bentoml_spec: Callable[[], dict] = dict) -> Starlette:
+    """`bentoml_spec` gives BentoML's own OpenAPI document, which /docs.json extends with these routes."""
     catalog = ModelCatalog(settings)
     store = JobStore(settings.jobs_dir)
 
@@ -289,7 +304,7 @@ def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
 
             await anyio.to_thread.run_sync(save)
             await anyio.to_thread.run_sync(_validate_teacher, store.teacher_path(job_id), options)
-            job = store.create(job_id, options)
+            job = store.create(job_id, options, teacher.filename)
         except BaseException:
             store.discard_job_dir(job_id)
             raise
@@ -319,7 +334,26 @@ def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
         return JSONResponse(store.request_cancel(job.job_id).model_dump())
 
     async def list_jobs(request: Request) -> Response:
-        return JSONResponse({"jobs": [j.model_dump() for j in store.list(limit=100)]})
+        return JSONResponse(JobList(jobs=store.list(limit=100)).model_dump())
+
+    async def metrics(request: Request) -> Response:
+        job = _job_or_404(request)
+        start = _field_value(request.query_params.get("start", "0"))
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            return error(400, "start must be a non-negative integer (the previous answer's 'next')")
+        records, next_line = await anyio.to_thread.run_sync(store.metrics, job.job_id, start)
+        return JSONResponse(MetricsPage(job_id=job.job_id, records=records, next=next_line).model_dump())
+
+    # ------------------------------------------------------------ the web page and the API's documentation
+
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+
+    async def docs_page(request: Request) -> Response:
+        return Response(SWAGGER_PAGE, media_type="text/html")
+
+    async def docs_json(request: Request) -> Response:
+        return JSONResponse(openapi.merged(bentoml_spec()))
 
     async def client_error(request: Request, exc: ClientError) -> Response:
         return error(exc.status, exc.message, exc.detail)
@@ -349,6 +383,11 @@ def make_app(settings: ServingSettings, predict: Predict) -> Starlette:
         Route("/compress/get", get_result, methods=["GET"]),
         Route("/compress/cancel", cancel, methods=["POST", "PUT"]),
         Route("/compress/jobs", list_jobs, methods=["GET"]),
+        Route("/compress/metrics", metrics, methods=["GET"]),
+        Route("/", page, methods=["GET"]),
+        Route("/docs", docs_page, methods=["GET"]),
+        Route("/docs.json", docs_json, methods=["GET"]),
+        Mount("/ui", StaticFiles(directory=STATIC), name="ui"),
     ]
     return Starlette(
         routes=routes,

@@ -66,6 +66,7 @@ class JobOptions(Strict):
     """What a submission may set: the compressor's CLI options that make sense on a server."""
 
     ratio: float = Field(gt=0, lt=1)
+    name: str | None = Field(None, max_length=120, description="a label for people; never used as a path or markup")
     method: Literal["default", "dfad"] = "default"
     preset: Literal["default", "seed", "paper"] = "default"
     student: Literal["auto", "resnet", "mobilenet"] = "auto"
@@ -129,11 +130,25 @@ class JobView(BaseModel):
     started: float | None = None
     finished: float | None = None
     options: JobOptions | None  # None only for a row written by an older, laxer server that no longer validates
+    teacher: str | None = None  # the uploaded teacher's file name
     progress: JobProgress
     error: str | None = None
     notes: list[str] = []
     cancel_requested: bool = False
     artifacts: list[str] = []
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]  # newest first, at most 100
+
+
+class MetricsPage(BaseModel):
+    """Records of a run's metrics.jsonl from line `start` on: one per round (losses, learning rate), with an
+    `eval` object where the run evaluated (selection score, accuracy). `next` is where the next poll starts."""
+
+    job_id: str
+    records: list[dict]
+    next: int
 
 
 class Submitted(BaseModel):

@@ -3,7 +3,8 @@
 Two services, each in its own process:
 - `ModelRunner` holds the ONNX Runtime session and exposes one batchable `predict`, so BentoML's adaptive
   batching merges concurrent classification requests into one ONNX call.
-- `Compressor` is the HTTP front (routes in `serving/routes.py`, auth and size limits in `serving/guards.py`).
+- `Compressor` is the HTTP front (routes in `serving/routes.py`, auth and size limits in `serving/guards.py`,
+  the web page in `serving/static/`).
   It starts the job worker (`serving/worker.py`) as a separate process, so training never slows classification
   down more than the CPU it shares.
 """
@@ -122,7 +123,7 @@ async def _predict(batch: np.ndarray, attempts: int = 3) -> np.ndarray:
     raise AssertionError("unreachable")
 
 
-@bentoml.asgi_app(make_app(SETTINGS, _predict), path="/")
+@bentoml.asgi_app(make_app(SETTINGS, _predict, lambda: Compressor.openapi_spec.asdict()), path="/")
 @bentoml.service(workers=1, traffic={"timeout": 300})
 class Compressor:
     """The HTTP front: /classify, /models, /compress/*; the job worker is its child process."""

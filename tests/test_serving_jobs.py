@@ -160,3 +160,45 @@ def test_the_worker_waits_out_a_storage_failure_and_carries_on(tmp_path):
     worker.stopping.set()
     thread.join(timeout=10)
     assert store.get(bad).status == "failed" and "options" in store.get(bad).error
+
+
+def test_metrics_pages_follow_a_growing_file(tmp_path):
+    """What /compress/metrics serves the page: complete lines only, from `start`, with where to go on."""
+    store = JobStore(tmp_path)
+    job = new_job(store)
+    run_dir = store.run_dir(job)
+    assert store.metrics(job) == ([], 0)  # no run folder yet
+    run_dir.mkdir(parents=True)
+    with (run_dir / "metrics.jsonl").open("w") as f:
+        f.write(json.dumps({"step": 1, "s_loss": 1.0}) + "\n")
+        f.write("not json\n")
+        f.write(json.dumps({"step": 3, "s_loss": 0.5, "eval": {"accuracy": 0.4}}) + "\n")
+        f.write('{"step": 4, "s_lo')  # being written
+    records, next_line = store.metrics(job)
+    assert records == [{"step": 1, "s_loss": 1.0}, {}, {"step": 3, "s_loss": 0.5, "eval": {"accuracy": 0.4}}]
+    assert next_line == 3
+    assert store.metrics(job, start=3) == ([], 3)
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('ss": 0.25}\n')
+    assert store.metrics(job, start=next_line) == ([{"step": 4, "s_loss": 0.25}], 4)
+    assert store.metrics(job, start=1, limit=1) == ([{}], 2)
+
+
+def test_the_teachers_file_name_is_kept_as_a_name_and_old_tables_gain_the_column(tmp_path):
+    import sqlite3
+
+    old = tmp_path / "old"
+    old.mkdir()
+    with sqlite3.connect(old / "jobs.sqlite") as db:  # the table as servers before this column wrote it
+        db.executescript("""CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, created REAL NOT NULL,
+            started REAL, finished REAL, options TEXT NOT NULL, progress TEXT NOT NULL DEFAULT '{}', error TEXT,
+            notes TEXT NOT NULL DEFAULT '[]', cancel_requested INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0);""")
+        db.execute("INSERT INTO jobs (id, status, created, options) VALUES (?, 'queued', 1.0, ?)",
+                   ("a" * 32, JobOptions(ratio=0.1).model_dump_json()))
+    store = JobStore(old)
+    assert store.get("a" * 32).teacher is None
+    job_id, _ = store.new_job_dir()
+    view = store.create(job_id, JobOptions(ratio=0.1, name="<b>mine</b>"), "/home/someone/models/resnet.pth")
+    assert view.teacher == "resnet.pth" and view.options.name == "<b>mine</b>"
+    assert "--name" not in view.options.cli_args()
