@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a TorchScript teacher: it is code, and runs as it loads; only for files you trust")
     p.add_argument("--ratio", type=float, help="student parameters / teacher parameters, in (0, 1)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--stop-after", type=int, metavar="ROUNDS",
+                   help="checkpoint once this many rounds are done and exit (a time-sliced or preemptible slot); "
+                        "--resume continues exactly")
     p.add_argument("--out", help="run folder (default runs/<teacher>-r<ratio>-<method>)")
     p.add_argument("--arch", help="teacher architecture name, or package.module:factory (default: inferred)")
     p.add_argument("--dataset", help="evaluation data: cifar10, cifar100, digits, an image folder or an .npz")
@@ -58,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", choices=["auto", "resnet", "mobilenet"],
                    help="student family (default auto: shaped like the teacher, depthwise for MobileNet/EfficientNet)")
     p.add_argument("--batch-size", type=_batch_size, help="synthetic images per step, or 'auto' (the default: largest that fits and still speeds up)")
+    p.add_argument("--generator-steps", type=int, metavar="G", help="generator updates per round (default: the method's)")
+    p.add_argument("--student-steps", type=int, metavar="K", help="student updates per round (default: the method's)")
     p.add_argument("--lr", type=float, help="student learning rate")
     p.add_argument("--generator-lr", type=float)
     p.add_argument("--eval-every", type=int)
@@ -89,7 +94,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                                       std=args.std, trust_code=args.trust_code)
     fields["student"] = {"ratio": args.ratio, "macs_ratio": args.macs_ratio, **({"family": args.student} if args.student else {})}
     method = fields.get("method", MethodSettings())
-    fields["method"] = method.model_copy(update={"name": method_name})
+    fields["method"] = method.model_copy(update={"name": method_name, **{k: v for k, v in {
+        "generator_steps": args.generator_steps, "student_steps": args.student_steps}.items() if v is not None}})
     fields["eval"] = {
         k: v
         for k, v in {"dataset": args.dataset, "data_dir": args.data_dir, "download": args.download,
@@ -129,6 +135,7 @@ def summary(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from compressor import distributed
     from compressor.distill import ChecksFailed, Interrupted, run
 
     try:
@@ -143,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             result = run_demo(Path(dargs.out), steps=dargs.steps, quiet=dargs.quiet)
         else:
             args = build_parser().parse_args(argv)
+            if args.stop_after is not None and args.stop_after < 0:
+                raise CompressorError("--stop-after must be a number of rounds, 0 or more")
             if args.resume:
                 cfg = load_resume_config(args.resume)
-                result = run(cfg, resume=True, quiet=args.quiet)
+                result = run(cfg, resume=True, quiet=args.quiet, stop_at_step=args.stop_after)
             else:
-                result = run(config_from_args(args), quiet=args.quiet)
+                result = run(config_from_args(args), quiet=args.quiet, stop_at_step=args.stop_after)
     except CompressorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -158,10 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except Interrupted as exc:
         print(str(exc), file=sys.stderr)
+        distributed.stop(together=False)
         return EXIT_INTERRUPTED
     except ChecksFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CHECK_FAILED
+    finally:
+        distributed.stop()  # under torchrun: leave the process group (no-op otherwise)
+    if not result.finished:
+        if distributed.from_environment().is_main:
+            print(f"stopped after round {args.stop_after}; continue with: python -m compressor --resume {result.run_dir}")
+        return 0
+    if not result.report:  # a torchrun rank other than 0: rank 0 evaluates and reports
+        return 0
     print(summary(result.report))
     print(f"report: {result.run_dir / 'report.md'}")
     return 0

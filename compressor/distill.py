@@ -7,9 +7,10 @@ evaluation, selection, checkpoint), then the final evaluation, ONNX export and
 report. Methods only say what is minimised and what is stored
 (compressor.methods); every other decision lives here.
 
-Written so that DDP can be added without restructuring: each rank draws its
-own noise from `seed + rank`, only the student and generator train, and only
-rank 0 writes files.
+Under torchrun the same loop runs on every rank (compressor.distributed): one
+global batch split across ranks, the student under DistributedDataParallel,
+the generator's gradients averaged, whole-batch terms on the global batch, and
+only rank 0 evaluating and writing files.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from compressor import distributed
 from compressor.batch_size import choose_batch_size
 from compressor.compile import compile_steps
 from compressor.config import OptimizerConfig, RunConfig
@@ -68,6 +70,18 @@ class RunResult:
 
 
 # ---------------------------------------------------------------- set-up helpers
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+
+
+def describe_devices(names: list[str]) -> str:
+    """One rank's device, or what several ranks ran on: '2 × NVIDIA H100' (one process per device)."""
+    if len(names) == 1:
+        return names[0]
+    counts = {n: names.count(n) for n in dict.fromkeys(names)}
+    return ", ".join(f"{c} × {n}" for n, c in counts.items()) + f" ({len(names)} processes)"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,9 +171,13 @@ def load_eval_data(cfg: RunConfig) -> LabelledData | None:
     return data
 
 
-def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Module, clip: float | None) -> None:
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Module, clip: float | None,
+                   sync=None) -> None:
+    """`sync(module)`, if given, runs between backward and clipping (the generator's cross-rank average)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if sync is not None:
+        sync(module)
     if clip:
         nn.utils.clip_grad_norm_(module.parameters(), clip)
     opt.step()
@@ -268,22 +286,26 @@ def truncate_metrics(path: Path, after_step: int) -> None:
 def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None, quiet: bool = False) -> RunResult:
     """Distill, evaluate, export and report. `stop_at_step` checkpoints and returns early (resume continues)."""
     started = time.time()
-    rank = int(os.environ.get("RANK", "0"))
-    is_main = rank == 0
+    world = distributed.from_environment()  # a world of one without torchrun
+    rank, is_main = world.rank, world.is_main
     run_dir = Path(cfg.out_dir)
     ckpt_dir = run_dir / "checkpoints"
+    # Each rank's own scratch (its copy of the synthetic pool); rank 0's is the run folder itself.
+    work_dir = run_dir if is_main else run_dir / "ranks" / str(rank)
     try:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / ".write_test").touch()
-        (run_dir / ".write_test").unlink()
+        work_dir.mkdir(parents=True, exist_ok=True)
+        (work_dir / ".write_test").touch()
+        (work_dir / ".write_test").unlink()
     except OSError as exc:
         raise CompressorError(f"cannot write to output folder {run_dir}: {exc.strerror or exc}") from None
-    device = resolve_device(cfg.device)
+    device = distributed.start(world, resolve_device(cfg.device))
     use_amp = cfg.amp and device.type == "cuda"
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 
-    # Teacher, evaluation data, student, generator, method; seeded so that a run repeats exactly.
-    torch.manual_seed(cfg.seed + rank)
+    # Teacher, evaluation data, student, generator, method; seeded so that a run repeats exactly. One seed for
+    # the weights (every rank builds the same models), then each rank's own stream (pool draws, crops).
+    torch.manual_seed(cfg.seed)
     teacher_info = resolve_teacher(cfg)
     data = load_eval_data(cfg)
     student, plan, teacher_profile = resolve_student(cfg, teacher_info)
@@ -297,7 +319,13 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its fastest kernels once
         for m in (teacher, student, generator):
             m.to(memory_format=torch.channels_last)
-    method = create_method(cfg.method.name, teacher, student, generator, cfg.method, run_dir)
+    distributed.broadcast_module(student)
+    distributed.broadcast_module(generator)
+    torch.manual_seed(cfg.seed + rank)
+    # The synthesis noise: one global draw that every rank makes alike and takes its own slice of, so that the
+    # synthesis batch, and the objective, are the same whatever the number of ranks.
+    noise_rng = torch.Generator(device=device).manual_seed(cfg.seed + 20_000)
+    method = create_method(cfg.method.name, teacher, student, generator, cfg.method, work_dir)
     g_steps, k_steps = cfg.method.round
     if cfg.method.name == "default" and len(getattr(method, "bn_stats", [])) == 0:
         tqdm.write("warning: the teacher has no BatchNorm layers, so the batch-norm statistics term is off; "
@@ -321,23 +349,35 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
 
     batch_choice = None
     if cfg.batch_size == "auto":  # resolved once; config.json keeps the number, so a resume uses the same
-        batch_choice = choose_batch_size(lambda n: trial((synthesis_loss, distillation_loss), n), device)
-        cfg.batch_size = batch_choice.batch_size
+        with distributed.local_only():  # each rank times its own share; rank 0's choice is everyone's
+            batch_choice = choose_batch_size(lambda n: trial((synthesis_loss, distillation_loss), n), device)
+        batch_choice = distributed.broadcast_object(batch_choice)
+        cfg.batch_size = batch_choice.batch_size * world.size  # --batch-size is the global batch
         if is_main and not quiet:
-            print(f"batch size {cfg.batch_size} (auto: {batch_choice.reason})")
+            print(f"batch size {cfg.batch_size} (auto: {batch_choice.reason}"
+                  f"{f'; {batch_choice.batch_size} on each of {world.size} ranks' if world.distributed else ''})")
+    if cfg.batch_size % world.size:
+        raise CompressorError(f"--batch-size {cfg.batch_size} is the global batch: it must divide evenly among "
+                              f"the {world.size} ranks")
+    local_batch = cfg.batch_size // world.size
     compile_note = None
     if cfg.compile:
         (synthesis_loss, distillation_loss), compile_note = compile_steps(
-            (synthesis_loss, distillation_loss), cfg.compile, lambda steps: trial(steps, cfg.batch_size))
+            (synthesis_loss, distillation_loss), cfg.compile, lambda steps: trial(steps, local_batch))
         if is_main and not quiet:
             print(compile_note)
+    if world.distributed:  # the student's step runs through DDP, which averages its gradients across ranks
+        method.training_student = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None)
+    devices = distributed.gather_objects(device_name(device))
     teacher_params, student_params = teacher_profile.params, plan.params
     teacher_macs, student_macs = teacher_profile.macs, count_macs(student, input_shape)
     if is_main and not quiet:
         print(
             f"teacher {t.arch}: {teacher_params:,} params, {teacher_macs / 1e6:.1f} M MACs | "
             f"student {plan.family} {plan.spec}: {student_params:,} params ({100 * student_params / teacher_params:.2f} %), "
-            f"{student_macs / 1e6:.1f} M MACs ({100 * student_macs / teacher_macs:.2f} %) | {cfg.method.name} on {device}"
+            f"{student_macs / 1e6:.1f} M MACs ({100 * student_macs / teacher_macs:.2f} %) | {cfg.method.name} on "
+            f"{describe_devices(devices)}"
         )
 
     opt_s = make_optimizer(student.parameters(), cfg.student_optim, device)
@@ -373,16 +413,24 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         sched_s.load_state_dict(ckpt["sched_s"])
         sched_g.load_state_dict(ckpt["sched_g"])
         method.load_state_dict(ckpt["method"])
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu())
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != world.size:
+            raise CompressorError(f"this run was checkpointed by {saved_world} process(es); resume it with the same "
+                                  f"number (torchrun --nproc-per-node/--nnodes), not {world.size}")
+        own = ckpt["rng"]["ranks"][rank] if "ranks" in ckpt["rng"] else ckpt["rng"]  # older checkpoints: one rank
+        torch.set_rng_state(own["torch"].cpu())
+        if device.type == "cuda" and own["cuda"] is not None:
+            torch.cuda.set_rng_state(own["cuda"].cpu())
+        if "noise" in ckpt["rng"]:
+            noise_rng.set_state(ckpt["rng"]["noise"].to(noise_rng.get_state().device))
         heldout_rng.set_state(ckpt["rng"]["heldout"].cpu())
         sel = ckpt["selection"]
         heldout_images, heldout_labels = sel["heldout_images"].cpu(), sel["heldout_labels"].cpu()
         best_state, best_score, best_step = sel["best_state"], float(sel["best_score"]), int(sel["best_step"])
         history = json.loads(ckpt["history"])
         start_step = int(ckpt["step"])
-        truncate_metrics(run_dir / "metrics.jsonl", start_step)
+        if is_main:
+            truncate_metrics(run_dir / "metrics.jsonl", start_step)
     elif is_main:
         (run_dir / "metrics.jsonl").write_text("")
     if is_main:
@@ -390,12 +438,16 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
 
     teacher_acc: dict = {}
     teacher_pred: torch.Tensor | None = None  # kept for the teacher's confusion matrix: the teacher never changes
-    eval_set = prepare_eval_images(data.test, t.mean, t.std, device) if data is not None else None
-    if data is not None:
+    eval_set = prepare_eval_images(data.test, t.mean, t.std, device) if data is not None and is_main else None
+    if eval_set is not None:
         t_top1, t_top5, teacher_pred = evaluate_splits(teacher, eval_set, split_indices, None, None, device)
         teacher_acc = {"top1": t_top1, "top5": t_top5}
 
-    def checkpoint_state(step: int) -> dict:
+    def own_rng_state() -> dict:
+        return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+    def checkpoint_state(step: int, ranks: list[dict], digests: list[float]) -> dict:
+        """What --resume needs; `ranks` holds every rank's random state, gathered (all ranks call it together)."""
         return {
             "step": step,
             "student": student.state_dict(),
@@ -405,11 +457,9 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             "sched_s": sched_s.state_dict(),
             "sched_g": sched_g.state_dict(),
             "method": method.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                "heldout": heldout_rng.get_state(),
-            },
+            "rng": {"ranks": ranks, "noise": noise_rng.get_state(), "heldout": heldout_rng.get_state()},
+            "world_size": world.size,
+            "student_digests": digests,  # one per rank: equal, or the ranks' students have diverged
             "selection": {
                 "heldout_images": heldout_images,
                 "heldout_labels": heldout_labels,
@@ -420,8 +470,19 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             "history": json.dumps(history),
         }
 
-    def noise(n: int = cfg.batch_size) -> torch.Tensor:
-        return torch.randn(n, cfg.generator.noise_dim, device=device)
+    def noise() -> torch.Tensor:
+        """This rank's slice of one global draw of noise (the same draw on every rank)."""
+        z = torch.randn(cfg.batch_size, cfg.generator.noise_dim, device=device, generator=noise_rng)
+        return distributed.local_slice(z)
+
+    def gathered_state(step: int) -> dict:
+        """The checkpoint, with every rank's random state and student digest; every rank must call it together."""
+        ranks = distributed.gather_objects(host_copy(own_rng_state()))
+        digests = distributed.gather_objects(distributed.digest(student))
+        if len(set(digests)) > 1:
+            raise CompressorError(f"the ranks' students have diverged at step {step} (digests {digests}); "
+                                  "this is a bug, please report it")
+        return checkpoint_state(step, ranks, digests)
 
     # ------------------------------------------------------------ the loop
     bar = tqdm(total=cfg.steps, initial=start_step, disable=quiet or not is_main, dynamic_ncols=True, desc="distill")
@@ -440,7 +501,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             values = {k: round(v.item(), 6) for k, v in logs.items()}
             if "diversity" in values:  # collapse: every image alike; say so instead of silently training on it
                 first_diversity = first_diversity or values["diversity"]
-                if values["diversity"] < 0.02 * first_diversity:
+                if values["diversity"] < 0.02 * first_diversity and is_main:
                     tqdm.write(f"warning: generator collapse suspected at step {record['step']} "
                                f"(batch diversity {values['diversity']:.4f})")
             if is_main:
@@ -483,28 +544,29 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                 if opt_z is not None:
                     opt_z.zero_grad(set_to_none=True)
                 if meta:
-                    optimizer_step(opt_round, loss_g, round_generator, cfg.grad_clip)
+                    optimizer_step(opt_round, loss_g, round_generator, cfg.grad_clip, distributed.average_gradients)
                     accumulate_gradients(generator, round_generator)
                 else:
-                    optimizer_step(opt_g, loss_g, generator, cfg.grad_clip)
+                    optimizer_step(opt_g, loss_g, generator, cfg.grad_clip, distributed.average_gradients)
                 if opt_z is not None:
                     opt_z.step()
-                synthesised += len(z)
+                synthesised += len(z) * world.size
                 logs.update(logs_g)
             if meta:
                 opt_g.step()
-            method.store(images.detach())
+            method.store(distributed.all_gather(images.detach()))  # every rank's pool holds the global batch
             student.requires_grad_(True)
 
             # 2. Student: k updates, each on a batch the method draws (its pool, or fresh from the generator).
             student.train()
             for _ in range(k_steps):
-                batch = method.student_batch(cfg.batch_size)
+                batch = method.student_batch(local_batch)  # this rank's share of the global batch
                 with amp():
-                    loss_s, logs_s = distillation_loss(batch)  # the method's student loss
+                    loss_s, logs_s = distillation_loss(batch)  # the method's student loss (through DDP on ranks)
                 optimizer_step(opt_s, loss_s, student, cfg.grad_clip)
-                synthesised += batch.synthesised
+                synthesised += batch.synthesised * world.size
                 logs.update(logs_s)
+            distributed.broadcast_module(student, buffers_only=True)  # every rank: the same student, buffers too
             sched_s.step()
             sched_g.step()
             synth_time += time.time() - tic
@@ -513,8 +575,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             record = {"step": done, "lr": sched_s.get_last_lr()[0]}
             pending.append((record, logs))
 
-            # 3. Evaluation, selection and checkpoint, every eval_every steps and at the end.
-            if done % cfg.eval.eval_every == 0 or done == cfg.steps:
+            # 3. Evaluation, selection and checkpoint, every eval_every steps and at the end (rank 0 only).
+            if (done % cfg.eval.eval_every == 0 or done == cfg.steps) and is_main:
                 if cfg.eval.select_on == "val":
                     preds = predict_logits(student, val_images, device).argmax(1)
                     score = (preds == val_labels).float().mean().item()
@@ -547,9 +609,10 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                 history.append(eval_record)
                 record["eval"] = eval_record
                 flush_metrics()
+            if done % cfg.eval.eval_every == 0 or done == cfg.steps:
+                state = gathered_state(done)
                 if is_main:
-                    writer.save([ckpt_dir / "last.pt", *([ckpt_dir / "best.pt"] if best_step == done else [])],
-                                checkpoint_state(done))
+                    writer.save([ckpt_dir / "last.pt", *([ckpt_dir / "best.pt"] if best_step == done else [])], state)
             if device.type != "cuda" or time.time() - last_flush > 5:  # a CPU loses nothing by reading at once
                 flush_metrics()
             bar.update(1)
@@ -564,16 +627,22 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         bar.close()
         if is_main:
             writer.wait()
-            save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))
+        if not world.distributed:
+            save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step, [own_rng_state()], [distributed.digest(student)]))
+        else:  # the ranks may be at different points; gathering now could hang. The last periodic checkpoint stands.
+            step = int(torch.load(ckpt_dir / "last.pt", weights_only=True)["step"]) if (ckpt_dir / "last.pt").is_file() else 0
         raise Interrupted(step, run_dir) from None
     flush_metrics()
     bar.close()
     writer.wait()
     loop_ended = time.time()
     if step < cfg.steps:  # stopped early on purpose: leave a resumable checkpoint
+        state = gathered_state(step)
         if is_main:
-            save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))
+            save_checkpoint(ckpt_dir / "last.pt", state)
         return RunResult(run_dir, {}, finished=False, history=history)
+    if not is_main:  # rank 0 alone evaluates, exports and reports
+        return RunResult(run_dir, {}, history=history)
 
     # ---------------------------------------------------------------- final evaluation, export, report
     student.load_state_dict(best_state)
@@ -651,7 +720,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         "wall_seconds": wall,
         "timing": {"setup_seconds": loop_started - started, "loop_seconds": loop_ended - loop_started,
                    "finish_seconds": time.time() - loop_ended},
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "device": describe_devices(devices),
+        "world_size": world.size,  # processes (torchrun ranks); batch_size is the global batch across them
         "dataset": cfg.eval.dataset,
         "selection": {
             "criterion": "teacher agreement on held-out synthetic images" if cfg.eval.select_on == "synthetic"

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from compressor.distributed import GlobalBatchNorm2d
+
 
 class Generator(nn.Module):
     def __init__(
@@ -35,10 +37,10 @@ class Generator(nn.Module):
         self.project = nn.Sequential(nn.Linear(noise_dim, 2 * width * self.init_size**2))
         # 2w, 2w, w, w/2, ... (never below min(16, w)): up to 32 px exactly the DFAD-style 2w -> 2w -> w.
         channels = [2 * width] + [max(min(16, width), (2 * width) >> (i - 1)) for i in range(1, self.stages + 1)]
-        layers: list[nn.Module] = [nn.BatchNorm2d(2 * width)]
+        layers: list[nn.Module] = [GlobalBatchNorm2d(2 * width)]  # nn.BatchNorm2d outside torchrun
         for c_in, c_out in zip(channels, channels[1:]):
             layers += [nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                       nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True)]
+                       GlobalBatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True)]
         layers += [nn.Conv2d(channels[-1], out_channels, 3, padding=1), nn.Tanh()]
         self.body = nn.Sequential(*layers)
         self.width = width

@@ -39,7 +39,10 @@ class Method(ABC):
 
     def __init__(self, teacher: nn.Module, student: nn.Module, generator: Generator, settings, workdir: Path) -> None:
         self.teacher = teacher
-        self.student = student
+        self.student = student  # for the generator's loss and evaluation: never synchronised across ranks
+        # What the student's own step runs: the student, or under torchrun its DistributedDataParallel wrapper
+        # (set by the loop), whose backward averages the gradients across ranks.
+        self.training_student: nn.Module = student
         self.generator = generator
         self.settings = settings
         self.workdir = workdir

@@ -78,7 +78,7 @@ class DefaultMethod(Method):
     def student_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
         with torch.no_grad():
             t_logits = self.teacher(batch.images)
-        loss = kl_at_temperature(self.student(batch.images), t_logits, self.settings.temperature)
+        loss = kl_at_temperature(self.training_student(batch.images), t_logits, self.settings.temperature)
         return loss, {"s_loss": loss.detach()}
 
     def state_dict(self) -> dict:

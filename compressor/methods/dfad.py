@@ -22,5 +22,5 @@ class DFAD(Method):
     def student_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
         with torch.no_grad():
             t_logits = self.teacher(batch.images)
-        loss = l1_logits(self.student(batch.images), t_logits)
+        loss = l1_logits(self.training_student(batch.images), t_logits)
         return loss, {"s_loss": loss.detach()}

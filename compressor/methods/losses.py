@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from compressor.distributed import combine_moments, global_batch_mean, local_moments
+
 
 def l1_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """The seed's DFAD discrepancy: mean absolute difference of logits."""
@@ -29,7 +31,7 @@ def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
 
 def class_balance(teacher_logits: torch.Tensor) -> torch.Tensor:
     """KL of the batch's mean teacher prediction from uniform: zero when every class is equally represented."""
-    mean_p = F.softmax(teacher_logits.float(), dim=1).mean(dim=0)
+    mean_p = global_batch_mean(F.softmax(teacher_logits.float(), dim=1))  # the whole batch, across ranks
     return (mean_p * torch.log(mean_p.clamp_min(1e-8))).sum() + math.log(teacher_logits.shape[1])
 
 
@@ -41,14 +43,16 @@ def one_hot_confidence(teacher_logits: torch.Tensor) -> torch.Tensor:
 class BatchNormStatistics:
     """Matches each teacher BatchNorm's batch statistics to its running statistics (DeepInversion).
 
-    Hooks record the distance during a teacher forward while `active`; the
-    sum over layers is what keeps synthetic images in the teacher's domain.
+    Hooks record each layer's batch moments during a teacher forward while `active`; `collect` turns them into
+    the summed distance that keeps synthetic images in the teacher's domain. Under torchrun the moments are those
+    of the global batch, combined for all layers in one all-reduce at `collect` (the teacher is in eval mode,
+    so its forward never needs them earlier).
     """
 
     def __init__(self, teacher: nn.Module) -> None:
         self.layers = [m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
         self.active = False
-        self._losses: list[torch.Tensor] = []
+        self._moments: list[tuple[nn.BatchNorm2d, torch.Tensor, torch.Tensor]] = []
         self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
 
     def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
@@ -56,17 +60,20 @@ class BatchNormStatistics:
             return
         # One fused pass in the activation's own dtype (reductions accumulate in fp32 internally): no fp32 copy
         # of every activation under bf16 autocast; only the per-channel results are promoted.
-        var, mean = torch.var_mean(inputs[0], dim=(0, 2, 3), unbiased=False)
-        self._losses.append(
-            torch.norm(mean.float() - module.running_mean, 2) + torch.norm(var.float() - module.running_var, 2)
-        )
+        mean, var = local_moments(inputs[0])
+        self._moments.append((module, mean, var))
 
     def __len__(self) -> int:
         return len(self.layers)
 
     def collect(self) -> torch.Tensor:
-        """The summed distance recorded since the last call."""
-        losses, self._losses = self._losses, []
-        if not losses:
+        """The summed distance over the layers recorded since the last call."""
+        moments, self._moments = self._moments, []
+        if not moments:
             return torch.zeros(())
-        return torch.stack(losses).sum()
+        sizes = [m.numel() for _, m, _ in moments]
+        means, variances = combine_moments(torch.cat([m for _, m, _ in moments]), torch.cat([v for _, _, v in moments]))
+        return torch.stack([
+            torch.norm(mean - layer.running_mean, 2) + torch.norm(var - layer.running_var, 2)
+            for (layer, _, _), mean, var in zip(moments, means.split(sizes), variances.split(sizes))
+        ]).sum()
