@@ -228,8 +228,9 @@ class JobStore:
             row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row[0])
 
-    def recover_interrupted(self, max_attempts: int) -> list[str]:
-        """Jobs left 'running' by a worker that died: back to the queue (to resume), or failed with the reason.
+    def recover_interrupted(self, max_attempts: int, reason: str = "a server stop") -> list[str]:
+        """Jobs left 'running' by a worker that died (or whose process was lost, `reason`): back to the queue to
+        resume, or failed with the reason after `max_attempts`.
 
         Only the worker holding the folder's lock calls this, so no other process can be running them.
         """
@@ -240,12 +241,12 @@ class JobStore:
                 self.finish(job.job_id, "cancelled")
                 self.add_note(job.job_id, "cancelled: the server stopped while the cancel was being carried out")
             elif self.attempts(job.job_id) > max_attempts:
-                self.finish(job.job_id, "failed", f"interrupted by a server stop {self.attempts(job.job_id)} times; "
+                self.finish(job.job_id, "failed", f"interrupted {self.attempts(job.job_id)} times, the last by {reason}; "
                                                   "not resumed again")
             else:
                 with self._connect() as db:
                     db.execute("UPDATE jobs SET status = 'queued' WHERE id = ?", (job.job_id,))
                 where = f"from its checkpoint at step {job.progress.step}" if checkpoint.is_file() else "from the start (no checkpoint yet)"
-                self.add_note(job.job_id, f"interrupted by a server stop; queued to resume {where}")
+                self.add_note(job.job_id, f"interrupted by {reason}; queued to resume {where}")
                 recovered.append(job.job_id)
         return recovered

@@ -37,6 +37,11 @@ class ServingSettings(BaseModel):
     job_device: Literal["auto", "cpu", "cuda"] = "auto"
     max_job_steps: int = Field(20_000, gt=0, description="upper bound on a submitted job's --steps")
     job_resume_attempts: int = Field(3, ge=0, description="how often a job interrupted by a server stop is resumed")
+    job_backend: Literal["local", "ray"] = Field("local", description="where jobs run: a local process, or a Ray task")
+    ray_address: str | None = Field(None, description="the Ray cluster (ray://head:10001, or host:port); unset: "
+                                                       "RAY_ADDRESS, else a Ray instance started on this machine")
+    ray_cpus_per_job: float = Field(1.0, gt=0, description="CPUs a job's Ray task asks for")
+    ray_gpus_per_job: float = Field(0.0, ge=0, description="GPUs a job's Ray task asks for")
 
     @property
     def max_request_bytes(self) -> int:

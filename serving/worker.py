@@ -1,36 +1,35 @@
 """The job worker: one process per jobs folder that runs queued compressions one at a time.
 
 `python -m serving.worker --jobs-dir D --parent-pid P` is started by the HTTP service. Each job is a plain
-`python -m compressor` child process, so a job that crashes cannot take the worker down and classification
-never shares a process with training. Stopping is always the compressor's own Ctrl-C path (SIGINT: it writes
-a checkpoint and exits 130), whether the reason is a cancel, the service shutting down or the service dying.
+`python -m compressor` process (serving/backends.py: a child here, or a Ray task), so a job that crashes cannot
+take the worker down and classification never shares a process with training. Stopping is always the
+compressor's own Ctrl-C path (SIGINT: it writes a checkpoint and exits 130), whether the reason is a cancel, the
+service shutting down or the service dying.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import fcntl
 import json
 import os
 import re
 import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import Callable
 
+from serving.backends import GRACE_SECONDS, Backend, LocalBackend, Outcome, RayBackend
 from serving.jobs import JobStore
 from serving.schemas import JobProgress, JobView
 from serving.settings import read_settings
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout a Ray task imports the compressor from
 POLL_SECONDS = 0.5
 STORAGE_BACKOFF_MAX = 30.0
-GRACE_SECONDS = 60  # how long a stopping compressor may take to write its checkpoint
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
@@ -43,27 +42,6 @@ def without_paths(text: str, root: Path) -> str:
     for prefix in {str(root.resolve()), str(root)}:
         text = re.sub(re.escape(prefix) + r"[\\/](?:[\w.\-]+[\\/])*", "", text)
     return _PATH.sub(r"\1", text)
-
-
-def _kill_stale_compressor(lock_path: Path) -> None:
-    """SIGKILL the compressor whose pid a dead worker wrote in the run lock, if it is still one of ours."""
-    import psutil
-
-    try:
-        proc = psutil.Process(int(lock_path.read_text().strip()))
-        if "compressor" in " ".join(proc.cmdline()):
-            proc.kill()
-    except (ValueError, OSError, psutil.Error):
-        pass
-
-
-def _die_with_parent() -> None:
-    """In the compressor child: get SIGINT (checkpoint and exit) if the worker itself is killed."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class MetricsTail:
@@ -107,8 +85,10 @@ class MetricsTail:
 
 
 class Worker:
-    def __init__(self, jobs_dir: Path, parent_pid: int | None, device: str, resume_attempts: int) -> None:
+    def __init__(self, jobs_dir: Path, parent_pid: int | None, device: str, resume_attempts: int,
+                 backend: Backend | None = None) -> None:
         self.store = JobStore(jobs_dir)
+        self.backend = backend or LocalBackend()
         self.parent_pid = parent_pid
         self.device = device
         self.resume_attempts = resume_attempts
@@ -132,19 +112,16 @@ class Worker:
         if job.options is None and not (self.store.run_dir(job.job_id) / "checkpoints" / "last.pt").is_file():
             self.store.finish(job.job_id, "failed", "the job's stored options are not valid; submit it again")
             return
-        env = dict(os.environ)
-        # leave a core to the classifier: the job is the batch workload, classification the interactive one
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
+        env = {}
+        if self.backend.name == "local" and "OMP_NUM_THREADS" not in os.environ:
+            # leave a core to the classifier: the job is the batch workload, classification the interactive one
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) - 1))
         tail = MetricsTail(self.store.run_dir(job.job_id))
-        with self._run_lock(job) as lock, self.store.log_path(job.job_id).open("ab") as log:
-            proc = subprocess.Popen(self.command(job), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    preexec_fn=_die_with_parent, start_new_session=True, pass_fds=(lock.fileno(),))
-            lock.seek(0)
-            lock.truncate()
-            lock.write(str(proc.pid))
-            lock.flush()
+        handle = self.backend.start(self.command(job), env, self.store.log_path(job.job_id),
+                                    self.store.job_dir(job.job_id) / "run.lock")
+        try:
             interrupted_at: float | None = None
-            while proc.poll() is None:
+            while (outcome := handle.poll()) is None:
                 self.stopping.wait(POLL_SECONDS)
                 try:  # the job runs on while the table is unavailable; progress catches up afterwards
                     progress = tail.poll()
@@ -156,11 +133,12 @@ class Worker:
                     cancel = False
                 if interrupted_at is None and (self.should_stop() or cancel):
                     interrupted_at = time.monotonic()
-                    proc.send_signal(signal.SIGINT)
+                    handle.interrupt()
                 elif interrupted_at is not None and time.monotonic() - interrupted_at > GRACE_SECONDS:
-                    proc.kill()  # it had its chance to checkpoint; the periodic checkpoint remains
-            rc = proc.returncode
-        self._until_stored(lambda: self._record_outcome(job, rc, tail))
+                    handle.kill()  # it had its chance to checkpoint; the periodic checkpoint remains
+        finally:
+            handle.close()
+        self._until_stored(lambda: self._record_outcome(job, outcome, tail))
 
     def _until_stored(self, write: Callable[[], None]) -> None:
         """A finished job's outcome must reach the table: storage errors are retried with back-off."""
@@ -175,10 +153,17 @@ class Worker:
                 self.stopping.wait(backoff)
                 backoff = min(STORAGE_BACKOFF_MAX, backoff * 2)
 
-    def _record_outcome(self, job: JobView, rc: int, tail: MetricsTail) -> None:
+    def _record_outcome(self, job: JobView, outcome: Outcome, tail: MetricsTail) -> None:
         progress = tail.poll()
         if progress is not None:
             self.store.set_progress(job.job_id, progress)
+        rc = outcome.returncode
+        if outcome.lost and not self.store.cancel_requested(job.job_id):
+            # Not the job's fault: resume it from its checkpoint, as after a server stop (attempts are counted).
+            print(f"worker: job {job.job_id}: {outcome.lost}; resuming it", flush=True)
+            if not self.should_stop():
+                self.store.recover_interrupted(self.resume_attempts, reason=outcome.lost)
+            return
         if rc == 0:
             if self.store.artifact_path(job.job_id, "student.onnx").is_file():
                 self.store.finish(job.job_id, "succeeded")
@@ -191,28 +176,6 @@ class Worker:
             pass  # the service is going away: the job stays 'running' and is resumed at the next start
         else:
             self.store.finish(job.job_id, "failed", self._failure_reason(job, rc))
-
-    @contextmanager
-    def _run_lock(self, job: JobView) -> Iterator[IO[str]]:
-        """An exclusive lock on the job's folder, inherited by its compressor: a worker that died leaves its
-        compressor checkpointing (it got SIGINT), and the next worker must not resume the job until that
-        process has exited. After the grace period the stale compressor is killed by the pid in the file."""
-        path = self.store.job_dir(job.job_id) / "run.lock"
-        lock = path.open("a+")
-        try:
-            deadline = time.monotonic() + GRACE_SECONDS + 10
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        _kill_stale_compressor(path)
-                        deadline = time.monotonic() + 10
-                    time.sleep(0.5)
-            yield lock
-        finally:
-            lock.close()
 
     def _failure_reason(self, job: JobView, rc: int) -> str:
         """What a client is told: the compressor's own `error:` line, else the last line of its output, with
@@ -263,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     jobs_dir = Path(args.jobs_dir)
     jobs_dir.mkdir(parents=True, exist_ok=True)
-    worker = Worker(jobs_dir, args.parent_pid, settings.job_device, settings.job_resume_attempts)
+    backend: Backend = LocalBackend()
+    if settings.job_backend == "ray":
+        backend = RayBackend(settings.ray_address, settings.ray_cpus_per_job, settings.ray_gpus_per_job, ROOT)
+        print(f"worker: jobs run on the Ray cluster at {settings.ray_address or 'a local Ray instance'}", flush=True)
+    worker = Worker(jobs_dir, args.parent_pid, settings.job_device, settings.job_resume_attempts, backend)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: worker.stopping.set())
     # One worker per jobs folder. A previous worker may still be checkpointing its job (a restarted front):

@@ -58,7 +58,7 @@ def test_interrupted_jobs_are_requeued_then_given_up(tmp_path):
     store.claim_next()
     assert store.recover_interrupted(max_attempts=2) == []
     view = store.get(job)
-    assert view.status == "failed" and "interrupted by a server stop 3 times" in view.error
+    assert view.status == "failed" and "interrupted 3 times, the last by a server stop" in view.error
 
 
 def test_metrics_tail_reads_only_complete_lines(tmp_path):
