@@ -1,9 +1,11 @@
 """Classification latency and throughput of the BentoML service, adaptive batching on and off.
 
     python -m benchmarks.serving [--model runs/demo/student.onnx] [--requests 400] [--concurrency 1,8,32] [--crowd 500]
+                                 [--client raw|httpx]
 
 Each configuration gets its own `bentoml serve` on 127.0.0.1; clients send one PNG per request (multipart, as
-`curl -F image=@x.png` does) from a thread pool. Latency is measured at the client, end to end. With batching
+`curl -F image=@x.png` does) over keep-alive connections (`--client raw`, the default: a light asyncio client)
+or from an httpx thread pool (`--client httpx`). Latency is measured at the client, end to end. With batching
 on, a crowd of `--crowd` requests sent at once follows: every request must be answered, by a result or by an
 immediate 503; the row counts answered, shed (503) and lost (no answer within 60 s).
 """
@@ -42,10 +44,13 @@ def sample_png(size: int, channels: int) -> bytes:
 
 
 def batch_counters(url: str) -> tuple[float, float]:
-    """(rows, batches) the runner has processed so far, from BentoML's adaptive batch size histogram."""
+    """(rows, ONNX Runtime calls) of /classify so far, from the service's batch size histogram on /metrics."""
     text = httpx.get(url + "/metrics").text
-    total = re.search(r'adaptive_batch_size_sum\{[^}]*method_name="predict"[^}]*\} ([0-9.e+]+)', text)
-    count = re.search(r'adaptive_batch_size_count\{[^}]*method_name="predict"[^}]*\} ([0-9.e+]+)', text)
+    total = re.search(r'^dfcompress_classify_batch_size_sum(?:\{[^}]*\})? ([0-9.e+]+)', text, re.M)
+    count = re.search(r'^dfcompress_classify_batch_size_count(?:\{[^}]*\})? ([0-9.e+]+)', text, re.M)
+    if not (total and count):  # a server from before the in-process batcher: BentoML's adaptive batching
+        total = re.search(r'adaptive_batch_size_sum\{[^}]*method_name="predict"[^}]*\} ([0-9.e+]+)', text)
+        count = re.search(r'adaptive_batch_size_count\{[^}]*method_name="predict"[^}]*\} ([0-9.e+]+)', text)
     return (float(total.group(1)), float(count.group(1))) if total and count else (0.0, 0.0)
 
 
@@ -61,8 +66,62 @@ def load(url: str, image: bytes, requests: int, concurrency: int) -> dict:
             results = list(pool.map(one, range(requests)))
         wall = time.perf_counter() - started
     latencies = np.array([t for _, t in results]) * 1000
-    return {"concurrency": concurrency, "requests": requests, "errors": sum(s != 200 for s, _ in results),
+    return {"concurrency": concurrency, "requests": requests, "client": "httpx", "errors": sum(s != 200 for s, _ in results),
             "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
+            "images_per_second": requests / wall}
+
+
+def multipart_request(url: str, image: bytes) -> bytes:
+    """The bytes of `curl -F image=@x.png URL/classify` on a keep-alive connection, built once."""
+    host = url.split("//", 1)[1]
+    boundary = "dfcompress-bench-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode()
+    return head + body
+
+
+def load_raw(url: str, image: bytes, requests: int, concurrency: int) -> dict:
+    """`concurrency` keep-alive connections, each sending its next request as soon as the last is answered.
+
+    A load generator that costs the server's two cores as little as possible (a few tens of microseconds per
+    request, against about a millisecond for an httpx client): on one machine the client's own CPU is taken
+    from the server, so a heavy client caps the figure it measures."""
+    host, port = url.split("//", 1)[1].split(":")
+    payload = multipart_request(url, image)
+
+    async def connection(quota: int, latencies: list[float], statuses: list[int]) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for _ in range(quota):
+                t = time.perf_counter()
+                writer.write(payload)
+                status_line = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                latencies.append(time.perf_counter() - t)
+                statuses.append(int(status_line.split()[1]))
+        finally:
+            writer.close()
+
+    async def run() -> tuple[list[float], list[int]]:
+        latencies: list[float] = []
+        statuses: list[int] = []
+        quotas = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
+        await asyncio.gather(*(connection(q, latencies, statuses) for q in quotas if q))
+        return latencies, statuses
+
+    started = time.perf_counter()
+    latencies, statuses = asyncio.run(run())
+    wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"concurrency": concurrency, "requests": requests, "client": "raw", "errors": sum(s != 200 for s in statuses),
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
             "images_per_second": requests / wall}
 
 
@@ -100,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--crowd", type=int, default=500, help="requests sent at once after the levels (0: none)")
+    p.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                   help="load generator: raw keep-alive sockets (light), or httpx from a thread pool (heavy)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "serving.json"))
     args = p.parse_args(argv)
     model = Path(args.model)
@@ -118,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 load(server.url, image, 50, 4)  # warm-up; also trains BentoML's batching latency model
                 for c in levels:
                     rows_before, batches_before = batch_counters(server.url)
-                    row = {"batching": batching, **load(server.url, image, args.requests, c)}
+                    row = {"batching": batching, **(load_raw if args.client == "raw" else load)(server.url, image, args.requests, c)}
                     rows_after, batches_after = batch_counters(server.url)
                     batches = batches_after - batches_before
                     row["mean_batch_size"] = (rows_after - rows_before) / batches if batching and batches else 1.0

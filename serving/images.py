@@ -41,6 +41,22 @@ def release_memory() -> None:
         _TRIM(0)
 
 
+SMALL_IMAGE_PIXELS = 256 * 256  # decoded on the event loop: a thread hop costs more than decoding these
+
+
+def all_small(blobs: list[bytes], limit: int = SMALL_IMAGE_PIXELS) -> bool:
+    """Whether every image's header declares at most `limit` pixels (headers only; anything unreadable is not
+    small, and goes to the thread that reports the error)."""
+    for blob in blobs:
+        try:
+            with Image.open(io.BytesIO(blob)) as image:
+                if image.size[0] * image.size[1] > limit:
+                    return False
+        except Exception:
+            return False
+    return True
+
+
 def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -> Image.Image:
     """`target_size`: the model's input side; a JPEG is then decoded at the smallest scale (1/2 to 1/8) still
     at least that large, which never allocates the full-resolution image."""

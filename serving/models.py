@@ -1,8 +1,8 @@
 """Which ONNX model is served, and which others could be.
 
-The served model is named by a small pointer file in the jobs folder, written atomically. The HTTP front and
-the model runner are separate processes: both read the pointer, so selecting a job's student takes effect on
-the next batch without a restart, and the choice survives one.
+The served model is named by a small pointer file in the jobs folder, written atomically. The micro-batcher reads
+it before every batch, so selecting a job's student takes effect on the next batch without a restart, and the
+choice survives one.
 """
 from __future__ import annotations
 

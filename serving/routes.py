@@ -5,7 +5,7 @@ They are a Starlette app mounted into the BentoML service rather than `@bentoml.
 own file parameters were unsafe or fragile here: a JSON string in a `Path` field reaches the API as a server
 file path, an optional or list-typed upload fails validation, and a text value in a file field makes the
 server fetch it as a URL. Parsing the body ourselves gives every bad input a 4xx with a JSON body. Batching is
-still BentoML's: classification calls the batchable model runner service.
+done in this process by serving/inference.py's micro-batcher.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import anyio
-import bentoml.exceptions as bentoml_errors
 import numpy as np
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -34,7 +33,9 @@ from starlette.staticfiles import StaticFiles
 
 from serving import openapi
 from serving.guards import token_matches
-from serving.images import LARGE_IMAGE_PIXELS, ImageRejected, decode_image, release_memory, to_model_input
+from serving.inference import BadModelInput, ModelUnavailable
+from serving.images import (LARGE_IMAGE_PIXELS, ImageRejected, all_small, decode_image, release_memory,
+                            to_model_input)
 from serving.jobs import DOWNLOADABLE, FINISHED, JobStore
 from serving.models import ModelCatalog, ModelSpec, UnknownModel
 from serving.schemas import (ClassifyJSON, ClassifyResponse, ErrorBody, JobList, JobOptions, MetricsPage, ModelListing,
@@ -54,10 +55,6 @@ SWAGGER_PAGE = """<!doctype html>
 <script src="/static_content/swagger-ui-bundle.js"></script>
 <script src="/ui/swagger.js"></script></body></html>
 """
-
-
-class RunnerUnavailable(Exception):
-    """The model runner did not answer (overloaded, loading, switching models, a dropped connection): 503."""
 
 
 class ClientError(Exception):
@@ -187,7 +184,10 @@ def make_app(settings: ServingSettings, predict: Predict, bentoml_spec: Callable
         except UnknownModel as exc:
             return error(503, f"no model to serve: {exc}")
         try:
-            batch = await anyio.to_thread.run_sync(_prepare, blobs, spec, settings.max_pixels, limiter=decoders)
+            if len(blobs) <= 4 and all_small(blobs):  # a thread hop would cost more than the decoding
+                batch = _prepare(blobs, spec, settings.max_pixels)
+            else:
+                batch = await anyio.to_thread.run_sync(_prepare, blobs, spec, settings.max_pixels, limiter=decoders)
         except ImageRejected as exc:
             return error(exc.status, str(exc))
         probs = []
@@ -195,10 +195,10 @@ def make_app(settings: ServingSettings, predict: Predict, bentoml_spec: Callable
             async with asyncio.timeout(settings.runner_timeout_s):
                 for start in range(0, len(batch), settings.max_batch_size):
                     probs.append(np.asarray(await predict(batch[start : start + settings.max_batch_size])))
-        except (RunnerUnavailable, TimeoutError, bentoml_errors.BentoMLException) as exc:
-            log.warning("model runner failed: %s", exc or type(exc).__name__)
-            return unavailable("the model runner could not answer in time (overloaded, loading or switching "
-                               "models); retry shortly")
+        except (ModelUnavailable, BadModelInput, TimeoutError) as exc:  # BadModelInput: a model switch mid-request
+            log.warning("classification not answered: %s", exc or type(exc).__name__)
+            return unavailable("the model could not answer in time (overloaded, loading or switching models); "
+                               "retry shortly")
         probs = np.concatenate(probs)
         k = min(top_k, probs.shape[1])
         names = spec.class_names or [str(i) for i in range(probs.shape[1])]

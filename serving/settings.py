@@ -1,7 +1,7 @@
 """Operator configuration, read from environment variables so the same bento runs anywhere.
 
 Every variable has a default that works on a laptop; `README.md` lists them. The settings are read once per
-process (the HTTP front, the model runner and the job worker each read the same environment).
+process (the HTTP front and the job worker each read the same environment).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class ServingSettings(BaseModel):
     max_images: int = Field(64, gt=0, description="images per classification request")
     max_top_k: int = Field(100, gt=0)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
-    batching: bool = Field(True, description="BentoML adaptive batching of classification requests")
+    batching: bool = Field(True, description="merge concurrent classifications into one ONNX Runtime call")
     max_batch_size: int = Field(64, gt=0)
     max_latency_ms: int = Field(5000, gt=0, description="batching deadline: a request queued longer is shed with 503")
     max_in_flight: int = Field(256, gt=0, description="classification requests handled at once; more are answered 503 at once")
