@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from compressor.config import GeneratorConfig, MethodSettings, RunConfig, TeacherConfig, preset_overrides
+from compressor import distributed
+from compressor.config import MethodSettings, RunConfig, TeacherConfig, preset_overrides
 from compressor.errors import CompressorError
 from export.cli import OneLineParser
 
@@ -86,7 +87,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     preset = args.preset or "default"
     method_name = args.method or ("dfad" if preset == "seed" else "default")
     out = args.out or f"runs/{Path(args.teacher).stem}-r{args.ratio:g}-{method_name}"
-    if (Path(out) / "checkpoints" / "last.pt").exists():
+    if (Path(out) / "checkpoints" / "last.pt").exists() and not distributed.elastic_restart():
         raise CompressorError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
     fields: dict = {"preset": preset, **preset_overrides(preset)}
     fields["out_dir"] = out
@@ -135,7 +136,6 @@ def summary(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from compressor import distributed
     from compressor.distill import ChecksFailed, Interrupted, run
 
     try:
@@ -156,7 +156,16 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = load_resume_config(args.resume)
                 result = run(cfg, resume=True, quiet=args.quiet, stop_at_step=args.stop_after)
             else:
-                result = run(config_from_args(args), quiet=args.quiet, stop_at_step=args.stop_after)
+                cfg = config_from_args(args)
+                if distributed.elastic_restart() and (Path(cfg.out_dir) / "checkpoints" / "last.pt").is_file():
+                    # torchrun restarted every rank after one failed (--max-restarts): continue, do not start over
+                    if distributed.from_environment().is_main:
+                        print(f"torchrun restart {distributed.elastic_restart()}: continuing {cfg.out_dir} from its "
+                              "last checkpoint", file=sys.stderr, flush=True)
+                    result = run(load_resume_config(cfg.out_dir), resume=True, quiet=args.quiet,
+                                 stop_at_step=args.stop_after)
+                else:
+                    result = run(cfg, quiet=args.quiet, stop_at_step=args.stop_after)
     except CompressorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

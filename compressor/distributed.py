@@ -46,6 +46,12 @@ def from_environment() -> World:
     return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def elastic_restart() -> int:
+    """How often torchrun has restarted this group of workers after a failure (`--max-restarts`; 0: never). A
+    restarted group runs the same command again, which must continue from the last checkpoint, not start over."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def start(world: World, device: torch.device, timeout_s: float = 1800) -> torch.device:
     """Join the process group (once per process); the device this rank computes on."""
     if not world.distributed:
