@@ -475,20 +475,22 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         z = torch.randn(cfg.batch_size, cfg.generator.noise_dim, device=device, generator=noise_rng)
         return distributed.local_slice(z)
 
-    def gathered_state(step: int) -> dict:
-        """The checkpoint, with every rank's random state and student digest; every rank must call it together."""
+    def gathered_state(step: int) -> dict | None:
+        """The checkpoint, with every rank's random state and student digest; every rank must call it together,
+        and only rank 0, which writes it, gets it."""
         ranks = distributed.gather_objects(host_copy(own_rng_state()))
         digests = distributed.gather_objects(distributed.digest(student))
         if len(set(digests)) > 1:
             raise CompressorError(f"the ranks' students have diverged at step {step} (digests {digests}); "
                                   "this is a bug, please report it")
-        return checkpoint_state(step, ranks, digests)
+        return checkpoint_state(step, ranks, digests) if is_main else None
 
     # ------------------------------------------------------------ the loop
     bar = tqdm(total=cfg.steps, initial=start_step, disable=quiet or not is_main, dynamic_ncols=True, desc="distill")
     last_eval_acc: float | None = None
     first_diversity: float | None = None
     step = start_step
+    checkpointed_step = start_step  # the step of the last checkpoint this run wrote or resumed from
     synth_time, synthesised = 0.0, 0  # this session's training time and images drawn from the generator
     # Losses stay tensors until evaluation time: reading one (.item()) makes the host wait for the GPU.
     pending: list[tuple[dict, dict[str, torch.Tensor]]] = []
@@ -613,6 +615,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                 state = gathered_state(done)
                 if is_main:
                     writer.save([ckpt_dir / "last.pt", *([ckpt_dir / "best.pt"] if best_step == done else [])], state)
+                checkpointed_step = done
             if device.type != "cuda" or time.time() - last_flush > 5:  # a CPU loses nothing by reading at once
                 flush_metrics()
             bar.update(1)
@@ -630,7 +633,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         if not world.distributed:
             save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step, [own_rng_state()], [distributed.digest(student)]))
         else:  # the ranks may be at different points; gathering now could hang. The last periodic checkpoint stands.
-            step = int(torch.load(ckpt_dir / "last.pt", weights_only=True)["step"]) if (ckpt_dir / "last.pt").is_file() else 0
+            step = checkpointed_step
         raise Interrupted(step, run_dir) from None
     flush_metrics()
     bar.close()

@@ -152,14 +152,6 @@ def combine_moments(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor
     return global_mean, mean_of_vars + (mean_of_squares - global_mean.square()).clamp_min(0)
 
 
-def global_batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and (biased) variance of an N x C x H x W batch; of the global batch under torchrun."""
-    if not active():
-        var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
-        return mean, var
-    return combine_moments(*local_moments(x))
-
-
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d that normalises with the global batch's statistics under torchrun, on CPUs (gloo) as on GPUs.
 
@@ -170,7 +162,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and active()):
             return super().forward(x)
-        mean, var = global_batch_moments(x)
+        mean, var = combine_moments(*local_moments(x))  # of the global batch
         if self.track_running_stats:
             with torch.no_grad():
                 n = x.shape[0] * dist.get_world_size() * x.shape[2] * x.shape[3]
