@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from compressor.config import EvalConfig, GeneratorConfig, MethodSettings, RunConfig, StudentConfig, TeacherConfig, preset_overrides
 from compressor.data import CIFAR_MEAN, CIFAR_STD, LabelledData, Split, load_dataset, reported_split_indices, stratified_subset
-from compressor.distill import resolve_device, run
+from compressor.distill import device_name, resolve_device, run
 from compressor.errors import CompressorError
 from compressor.evaluate import evaluate_splits
 from compressor.model_stats import count_params, profile_model
@@ -45,9 +45,10 @@ def load_cifar10(data: str | None, download: bool = False) -> LabelledData:
     return load_dataset(str(source), None, False, 32, 3)
 
 
-def train_teacher(args: argparse.Namespace) -> int:
+def train_teacher(args: argparse.Namespace, data: LabelledData | None = None) -> int:
+    """The benchmark teacher's recipe (SGD, one-cycle, crop and flip, batch 128); `data` spares a second load."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    data = load_cifar10(args.data, args.download)
+    data = data or load_cifar10(args.data, args.download)
     if data.train is None:
         raise CompressorError("the CIFAR-10 source has no train/ split to train a teacher on")
     device = resolve_device(args.device)
@@ -73,8 +74,8 @@ def train_teacher(args: argparse.Namespace) -> int:
     info = {
         "arch": args.arch, "epochs": args.epochs, "lr": args.lr, "batch_size": 128, "seed": args.seed,
         "accuracy": top1, "params": sum(p.numel() for p in model.parameters()), "wall_seconds": wall,
-        "device": str(device), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "date": date.today().isoformat(), "command": "python -m benchmarks.cifar10 " + " ".join(sys.argv[1:]),
+        "device": device_name(device), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "date": date.today().isoformat(), "command": getattr(args, "command_line", None) or "python -m benchmarks.cifar10 " + " ".join(sys.argv[1:]),
         "log": log_lines,
     }
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))

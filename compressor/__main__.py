@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="student multiply-adds / teacher multiply-adds at the teacher's input size (default: --ratio)")
     p.add_argument("--student", choices=["auto", "resnet", "mobilenet"],
                    help="student family (default auto: shaped like the teacher, depthwise for MobileNet/EfficientNet)")
+    p.add_argument("--student-arch", metavar="NAME",
+                   help="a registered architecture (e.g. wrn_16_1) as the student, instead of one planned for --ratio")
     p.add_argument("--batch-size", type=_batch_size, help="synthetic images per step, or 'auto' (the default: largest that fits and still speeds up)")
     p.add_argument("--generator-steps", type=int, metavar="G", help="generator updates per round (default: the method's)")
     p.add_argument("--student-steps", type=int, metavar="K", help="student updates per round (default: the method's)")
@@ -82,18 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    if args.teacher is None or args.ratio is None:
-        raise CompressorError("--teacher and --ratio are required (or --resume RUN_DIR, or the 'demo' command)")
+    if args.teacher is None or (args.ratio is None and args.student_arch is None):
+        raise CompressorError("--teacher and --ratio are required (or --student-arch instead of --ratio; or --resume RUN_DIR, or the 'demo' command)")
+    if args.ratio is not None and args.student_arch is not None:
+        raise CompressorError("give --ratio (a planned student) or --student-arch (a named one), not both")
     preset = args.preset or "default"
     method_name = args.method or ("dfad" if preset == "seed" else "default")
-    out = args.out or f"runs/{Path(args.teacher).stem}-r{args.ratio:g}-{method_name}"
+    size = args.student_arch or f"r{args.ratio:g}"
+    out = args.out or f"runs/{Path(args.teacher).stem}-{size}-{method_name}"
     if (Path(out) / "checkpoints" / "last.pt").exists() and not distributed.elastic_restart():
         raise CompressorError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
     fields: dict = {"preset": preset, **preset_overrides(preset)}
     fields["out_dir"] = out
     fields["teacher"] = TeacherConfig(path=args.teacher, arch=args.arch, input_size=args.input_size, mean=args.mean,
                                       std=args.std, trust_code=args.trust_code)
-    fields["student"] = {"ratio": args.ratio, "macs_ratio": args.macs_ratio, **({"family": args.student} if args.student else {})}
+    fields["student"] = {"macs_ratio": args.macs_ratio, **{k: v for k, v in {
+        "ratio": args.ratio, "family": args.student, "name": args.student_arch}.items() if v is not None}}
     method = fields.get("method", MethodSettings())
     fields["method"] = method.model_copy(update={"name": method_name, **{k: v for k, v in {
         "generator_steps": args.generator_steps, "student_steps": args.student_steps}.items() if v is not None}})

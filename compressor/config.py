@@ -92,6 +92,9 @@ class StudentConfig(Strict):
     family: Literal["auto", "resnet", "mobilenet"] = "auto"  # auto: the teacher's kind (depthwise or residual)
     ratio: float = 0.1
     macs_ratio: float | None = None  # student / teacher multiply-adds at the teacher's input size; None: = ratio
+    # A registered architecture (e.g. wrn_16_1) to use as it is instead of a planned one: how published pairs
+    # are reproduced. The budgets are then not searched; ratio is written back as the student's measured one.
+    name: str | None = None
     arch: str | None = None  # resolved by the budget search
     spec: dict | None = None
     params: int | None = None

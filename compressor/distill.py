@@ -39,7 +39,7 @@ from compressor.generator import Generator
 from compressor.methods import SynthBatch, create_method
 from compressor.model_stats import ModelProfile, count_macs, profile_model
 from compressor.models import get_entry, list_models as get_registered_names
-from compressor.students import StudentPlan, plan_student
+from compressor.students import StudentPlan, named_student, plan_student
 from compressor.teachers import LoadedTeacher, load_teacher
 
 
@@ -140,7 +140,11 @@ def resolve_student(cfg: RunConfig, teacher: LoadedTeacher) -> tuple[nn.Module, 
     except Exception as exc:  # e.g. an input size the teacher cannot take
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CompressorError(f"the teacher cannot run on {t.in_channels}x{t.input_size}x{t.input_size} inputs: {first}") from None
-    plan = plan_student(s.family, s.ratio, profile, t.num_classes, t.in_channels, s.macs_ratio)
+    if s.name:
+        plan = named_student(s.name, profile, t.num_classes, t.in_channels)
+        s.ratio = plan.params / profile.params
+    else:
+        plan = plan_student(s.family, s.ratio, profile, t.num_classes, t.in_channels, s.macs_ratio)
     s.arch, s.spec, s.params = plan.arch, plan.spec, plan.params
     return plan.build(t.num_classes, t.in_channels), plan, profile
 
@@ -375,7 +379,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     if is_main and not quiet:
         print(
             f"teacher {t.arch}: {teacher_params:,} params, {teacher_macs / 1e6:.1f} M MACs | "
-            f"student {plan.family} {plan.spec}: {student_params:,} params ({100 * student_params / teacher_params:.2f} %), "
+            f"student {plan.arch if plan.family == 'named' else f'{plan.family} {plan.spec}'}: {student_params:,} params ({100 * student_params / teacher_params:.2f} %), "
             f"{student_macs / 1e6:.1f} M MACs ({100 * student_macs / teacher_macs:.2f} %) | {cfg.method.name} on "
             f"{describe_devices(devices)}"
         )
@@ -698,7 +702,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             "sha256": t.sha256,
         },
         "student": {
-            "arch": plan.family,
+            "arch": plan.arch if plan.family == "named" else plan.family,
             "spec": plan.spec,
             "params": student_params,
             "macs": student_macs,

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Literal
 import torch.nn as nn
 
 from compressor.errors import CompressorError
-from compressor.model_stats import ModelProfile, SpatialSchedule, count_params
+from compressor.model_stats import ModelProfile, SpatialSchedule, count_macs, count_params
 from compressor.models import create_model
 from compressor.models.student_mobilenet import MobileNetStudentSpec, mobilenet_body_cost, mobilenet_student_cost
 from compressor.models.student_resnet import ResNetStudentSpec, resnet_student_cost
@@ -34,7 +34,7 @@ GROWTHS = tuple(1.5 + 0.125 * i for i in range(21))  # 1.5 ... 4.0; doubling is 
 
 @dataclass(frozen=True)
 class StudentPlan:
-    family: Literal["resnet", "mobilenet"]
+    family: Literal["resnet", "mobilenet", "named"]
     arch: str
     spec: dict
     params: int
@@ -43,7 +43,8 @@ class StudentPlan:
     macs_budget: int
 
     def build(self, num_classes: int, in_channels: int) -> nn.Module:
-        model = create_model(self.arch, num_classes=num_classes, in_channels=in_channels, spec=self.spec)
+        extra = {"spec": self.spec} if self.family != "named" else {}
+        model = create_model(self.arch, num_classes=num_classes, in_channels=in_channels, **extra)
         assert count_params(model) == self.params, "analytic parameter count drifted from the model"
         return model
 
@@ -183,3 +184,19 @@ def plan_student(
         )
     _, spec, params, macs = best
     return StudentPlan(family, _FAMILY_TO_ARCH[family], spec.model_dump(mode="json"), params, macs, budget.params, budget.macs)
+
+
+def named_student(name: str, teacher: ModelProfile, num_classes: int, in_channels: int) -> StudentPlan:
+    """A registered architecture taken as it is (e.g. WRN-16-1 for a WRN-40-2 teacher, the published pair); it
+    must still be smaller than its teacher, or there is nothing to compress."""
+    try:
+        model = create_model(name, num_classes=num_classes, in_channels=in_channels)
+    except KeyError as exc:
+        raise CompressorError(str(exc.args[0])) from None
+    except TypeError:
+        raise CompressorError(f"{name!r} cannot be built from a class count alone; name a registered architecture") from None
+    size = teacher.schedule.input_size
+    params, macs = count_params(model), count_macs(model, (in_channels, size, size))
+    if params >= teacher.params:
+        raise CompressorError(f"student {name} has {params:,} parameters, not fewer than the teacher's {teacher.params:,}")
+    return StudentPlan("named", name, {}, params, macs, params, macs)

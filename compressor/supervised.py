@@ -44,6 +44,14 @@ def train_classifier(
     """
     g = torch.Generator().manual_seed(seed)
     model.to(device).train()
+    # On a GPU: the whole split lives on the device (CIFAR-10 is 600 MB as float32), so a step copies nothing
+    # from the host; bf16 autocast and channels-last let cuDNN use the tensor cores. On the CPU all three are
+    # no-ops and the run is the same as ever.
+    cuda = device.type == "cuda"
+    images, labels = train.images.to(device), train.labels.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     steps_per_epoch = max(1, len(train.labels) // batch_size)
     total_steps = steps if steps is not None else epochs * steps_per_epoch
@@ -52,26 +60,29 @@ def train_classifier(
     done = 0
     for epoch in range(epochs):
         perm = torch.randperm(len(train.labels), generator=g)
-        total = 0.0
+        total = torch.zeros((), device=device)  # summed on the device: no host sync per step
         for i in range(min(steps_per_epoch, total_steps - done)):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            x = normalise(random_crop_flip(train.images[idx], pad, flip, g), mean, std).to(device)
-            logits = model(x)
-            if teacher is None:
-                loss = F.cross_entropy(logits, train.labels[idx].to(device))
-            else:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = kl_at_temperature(logits, t_logits, temperature)
+            idx = perm[i * batch_size : (i + 1) * batch_size].to(device)
+            x = normalise(random_crop_flip(images[idx], pad, flip, g), mean, std)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                logits = model(x)
+                if teacher is None:
+                    loss = F.cross_entropy(logits.float(), labels[idx])
+                else:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                    loss = kl_at_temperature(logits.float(), t_logits.float(), temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.item()
+            total += loss.detach()
             done += 1
             if on_eval and (done == total_steps or (eval_every and done % eval_every == 0)):
                 on_eval(done)
                 model.train()
         if log:
-            log(f"epoch {epoch + 1}/{epochs}: loss {total / max(1, i + 1):.4f}")
+            log(f"epoch {epoch + 1}/{epochs}: loss {total.item() / max(1, i + 1):.4f}")
     return model.eval()

@@ -38,3 +38,21 @@ def test_quick_benchmark_writes_results_and_default_beats_dfad(tmp_path):
 def test_bad_contender_is_a_clear_error(tmp_path, capsys):
     assert main(["run", "--quick", "--contenders", "dfad,magic", "--work-dir", str(tmp_path)]) == 2
     assert "unknown contenders" in capsys.readouterr().err
+
+
+def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(tmp_path):
+    """`python -m benchmarks.cifar10_gpu --tiny`: the GPU target's script end to end on the CPU (a 2 % subset)."""
+    from benchmarks.cifar10_gpu import TRIAL_ROUNDS
+    from benchmarks.cifar10_gpu import main as gpu_main
+
+    out = tmp_path / "gpu.json"
+    assert gpu_main(["--tiny", "--minutes", "0.2", "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["teacher"]["arch"] == "resnet14" and 0 <= result["teacher"]["accuracy"]["full"] <= 1
+    assert (tmp_path / "work" / "cifar10_resnet14.pth").is_file()
+    student = result["student"]
+    assert student["arch"] == "resnet8" and student["ratio"] < 1
+    # The rounds follow from the measured seconds per round and the budget (never fewer than the trial's).
+    expected = max(TRIAL_ROUNDS, int(0.95 * 0.2 * 60 / result["trial"]["seconds_per_round"]))
+    assert student["rounds"] == expected and student["student_updates"] == 10 * expected
+    assert [step for step, _ in student["curve"]][-1] == expected and all(0 <= a <= 1 for _, a in student["curve"])

@@ -50,6 +50,9 @@ def _assert_one_line_error(proc, pattern: str):
         (["--teacher", "{t}", "--ratio", "0.1", "--std", "0"], "std must be above 0"),
         (["--teacher", "{t}", "--ratio", "0.1", "--mean", "nan"], "finite"),
         (["--teacher", "{t}", "--ratio", "0.1", "--lr", "inf"], "finite"),
+        (["--teacher", "{t}", "--student-arch", "wrn_99_1"], "unknown architecture"),
+        (["--teacher", "{t}", "--student-arch", "resnet56"], "not fewer than the teacher's"),
+        (["--teacher", "{t}", "--student-arch", "resnet8", "--ratio", "0.1"], "not both"),
     ],
 )
 def test_bad_input(tmp_path, small_teacher, args, pattern):

@@ -158,3 +158,19 @@ def test_metrics_carry_losses_every_step_and_evaluations_at_eval_steps(tmp_path)
     assert all({"s_loss", "g_bn", "lr"} <= set(r) for r in records)
     assert [r["step"] for r in records if "eval" in r] == [2, 4]
     assert all(r["eval"]["accuracy"] is not None for r in records if "eval" in r)
+
+
+def test_a_named_student_is_built_as_registered_and_resumes_as_itself(tmp_path):
+    """--student-arch: the published pairs (WRN-40-2 -> WRN-16-1) are reproduced with the very architecture."""
+    cfg = _tiny_config(tmp_path, "named", steps=4)
+    cfg.student = StudentConfig(name="resnet8")
+    partial = run(cfg, stop_at_step=2, quiet=True)
+    assert not partial.finished
+    saved = RunConfig.model_validate_json((tmp_path / "named" / "config.json").read_text())
+    expected = create_model("resnet8", num_classes=10, in_channels=1)
+    assert (saved.student.arch, saved.student.params) == ("resnet8", sum(p.numel() for p in expected.parameters()))
+    report = run(saved, resume=True, quiet=True).report
+    assert report["student"]["arch"] == "resnet8"
+    assert report["ratio"] == pytest.approx(report["student"]["params"] / report["teacher"]["params"])
+    weights = torch.load(tmp_path / "named" / "checkpoints" / "best.pt", weights_only=True)["student"]
+    expected.load_state_dict(weights)  # the same architecture, key for key and shape for shape
