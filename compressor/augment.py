@@ -23,3 +23,16 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator |
         mirror = (torch.rand(n, generator=g) < 0.5).to(x.device).view(n, 1, 1, 1)
         x = torch.where(mirror, x.flip(-1), x)
     return x
+
+
+def mix_pairs(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Blend each image with another of its batch, weight λ ~ Beta(alpha, alpha) per image (mixup without labels).
+
+    For distillation the teacher labels the blend itself ("function matching", Beyer et al. 2022), so every
+    blend is a new, correctly labelled input: a small pool of synthetic images covers far more of the input
+    space. Draws come from the global CPU generator, so a seeded run repeats (and resumes) on any device.
+    """
+    n = x.shape[0]
+    lam = torch.distributions.Beta(float(alpha), float(alpha)).sample((n,)).to(x.device, x.dtype).view(n, 1, 1, 1)
+    partner = torch.randperm(n).to(x.device)
+    return lam * x + (1 - lam) * x[partner]

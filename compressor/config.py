@@ -67,6 +67,9 @@ class MethodSettings(Strict):
     latent_lr: float = Field(0.0, ge=0)  # > 0: the round's noise is optimised too (Adam, this rate), as in Fast
     augment: bool = True  # random crops of the pool's images, in whole pixels
     flip: bool = True
+    # > 0: each KD image is blended with another of its batch, λ ~ Beta(alpha, alpha), and the teacher labels the
+    # blend (function matching): new inputs at no synthesis cost. 0: off.
+    mixup_alpha: float = Field(0.0, ge=0)
 
     @property
     def round(self) -> tuple[int, int]:

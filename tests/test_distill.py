@@ -30,8 +30,9 @@ def _tiny_config(tmp_path, name: str, steps: int = 6, dataset: str | None = None
     )
 
 
-@pytest.mark.parametrize("pool_size, method", [(50_000, {}), (24, {}), (50_000, {"generator_start": "meta", "latent_lr": 0.01})],
-                         ids=["pool-append-only", "pool-wrapped", "meta-generator"])
+@pytest.mark.parametrize("pool_size, method", [(50_000, {}), (24, {}), (50_000, {"generator_start": "meta", "latent_lr": 0.01}),
+                                               (50_000, {"mixup_alpha": 1.0})],
+                         ids=["pool-append-only", "pool-wrapped", "meta-generator", "mixup"])
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, pool_size, method):
     """The synthetic pool is part of the state: a 24-image pool has wrapped (6 rounds of 16) before the stop.
     A meta-generator's rounds start from a copy of the shared generator: only the shared one is state."""

@@ -104,3 +104,28 @@ def test_pool_wraps_around_and_then_checkpoints_its_bytes(tmp_path):
     restored = SyntheticPool(5, tmp_path / "p.u8")
     restored.load_state_dict(state)
     assert torch.equal(restored.data, state["bytes"])
+
+
+def test_mixup_blends_each_image_with_another_of_its_batch():
+    """Each output is λ·x_i + (1 - λ)·x_j for one partner j of the same batch and one λ in [0, 1]."""
+    from compressor.augment import mix_pairs
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 8, 8)
+    state = torch.get_rng_state()
+    mixed = mix_pairs(x, 1.0)
+    assert mixed.shape == x.shape and not torch.allclose(mixed, x)
+    flat, src = mixed.flatten(1), x.flatten(1)
+    for i in range(len(x)):
+        found = False
+        for j in range(len(x)):
+            d = src[i] - src[j]
+            if j == i or d.abs().max() < 1e-6:
+                continue
+            lam = ((flat[i] - src[j]) @ d / (d @ d)).item()  # least-squares λ for this partner
+            if -1e-4 <= lam <= 1 + 1e-4 and torch.allclose(lam * src[i] + (1 - lam) * src[j], flat[i], atol=1e-5):
+                found = True
+                break
+        assert found or torch.allclose(flat[i], src[i], atol=1e-5), f"image {i} is not a blend of two batch images"
+    torch.set_rng_state(state)
+    assert torch.equal(mix_pairs(x, 1.0), mixed)  # seeded: a resumed run draws the same blends

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from compressor.augment import random_crop_flip
+from compressor.augment import mix_pairs, random_crop_flip
 from compressor.methods.base import Logs, Method, SynthBatch
 from compressor.methods.losses import (
     BatchNormStatistics,
@@ -73,6 +73,8 @@ class DefaultMethod(Method):
         pixels = self.pool.sample(batch_size, next(self.student.parameters()).device)
         if s.augment or s.flip:
             pixels = random_crop_flip(pixels, max(1, pixels.shape[-1] // 8) if s.augment else 0, s.flip)
+        if s.mixup_alpha > 0:
+            pixels = mix_pairs(pixels, s.mixup_alpha)
         return SynthBatch(None, self.generator.normalise(pixels))
 
     def student_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
