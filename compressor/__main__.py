@@ -5,6 +5,7 @@ Every user mistake ends as one line on stderr and exit code 2, never a traceback
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -140,8 +141,19 @@ def summary(report: dict) -> str:
     return "\n".join([f"done in {report['wall_seconds']:.0f} s: {acc_text}", *gains(report)])
 
 
+def take_ctrl_c() -> None:
+    """SIGINT is how Ctrl-C and the service stop a run (checkpoint, exit 130): take it even where it arrives
+    ignored. A shell script's background job starts with SIGINT ignored, and every process it starts inherits
+    that (a service started so would never stop its jobs). Only the main thread may set a handler."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    take_ctrl_c()
     from compressor.distill import ChecksFailed, Interrupted, run
 
     try:

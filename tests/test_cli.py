@@ -69,12 +69,14 @@ def test_malicious_checkpoint_exits_2_and_runs_nothing(tmp_path):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, small_teacher):
+    """Started as a shell script's background job is: with SIGINT ignored, which the compressor still takes."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "compressor", "--teacher", str(small_teacher), "--ratio", "0.2", "--out", str(out),
          "--steps", "400", "--batch-size", "8", "--eval-every", "1000", "--no-onnx", "--quiet"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 2):
