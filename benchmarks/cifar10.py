@@ -20,7 +20,7 @@ import torch
 import numpy as np
 import torch.nn as nn
 
-from compressor.config import EvalConfig, GeneratorConfig, MethodSettings, RunConfig, StudentConfig, TeacherConfig, preset_overrides
+from compressor.config import EvalConfig, MethodSettings, RunConfig, StudentConfig, TeacherConfig, preset_overrides
 from compressor.data import CIFAR_MEAN, CIFAR_STD, LabelledData, Split, load_dataset, reported_split_indices, stratified_subset
 from compressor.distill import device_name, resolve_device, run
 from compressor.errors import CompressorError
@@ -45,8 +45,9 @@ def load_cifar10(data: str | None, download: bool = False) -> LabelledData:
     return load_dataset(str(source), None, False, 32, 3)
 
 
-def train_teacher(args: argparse.Namespace, data: LabelledData | None = None) -> int:
-    """The benchmark teacher's recipe (SGD, one-cycle, crop and flip, batch 128); `data` spares a second load."""
+def train_teacher(args: argparse.Namespace, data: LabelledData | None = None, command: str | None = None) -> int:
+    """The benchmark teacher's recipe (SGD, one-cycle, crop and flip, batch 128); `data` spares a second load,
+    `command` is what the teacher's JSON records as having made it (default: this module's own command line)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = data or load_cifar10(args.data, args.download)
     if data.train is None:
@@ -75,7 +76,7 @@ def train_teacher(args: argparse.Namespace, data: LabelledData | None = None) ->
         "arch": args.arch, "epochs": args.epochs, "lr": args.lr, "batch_size": 128, "seed": args.seed,
         "accuracy": top1, "params": sum(p.numel() for p in model.parameters()), "wall_seconds": wall,
         "device": device_name(device), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "date": date.today().isoformat(), "command": getattr(args, "command_line", None) or "python -m benchmarks.cifar10 " + " ".join(sys.argv[1:]),
+        "date": date.today().isoformat(), "command": command or "python -m benchmarks.cifar10 " + " ".join(sys.argv[1:]),
         "log": log_lines,
     }
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))
@@ -89,14 +90,14 @@ def train_teacher(args: argparse.Namespace, data: LabelledData | None = None) ->
 CONTENDERS = ("dfad", "default", "kd-real", "scratch")
 
 
-def _subset(split: Split, per_class: int, seed: int) -> Split:
+def per_class_subset(split: Split, per_class: int, seed: int) -> Split:
     idx = stratified_subset(split.labels, per_class / (len(split.labels) / 10), seed=seed)
     return Split(split.images[idx], split.labels[idx])
 
 
 def _quick_setup(data: LabelledData, work: Path, device: torch.device) -> tuple[Path, LabelledData]:
     """--quick: a ResNet-8 teacher trained for a few hundred updates on 5,000 train images, a 2,000-image test set."""
-    small = LabelledData(data.name, data.class_names, _subset(data.train, 500, 0), _subset(data.test, 200, 0))
+    small = LabelledData(data.name, data.class_names, per_class_subset(data.train, 500, 0), per_class_subset(data.test, 200, 0))
     teacher_path = work / "quick_teacher_resnet8.pth"
     if not teacher_path.exists():
         torch.manual_seed(0)

@@ -29,20 +29,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.cifar10 import TEACHER_DIR, load_cifar10, npz_of, train_teacher
+from benchmarks.cifar10 import TEACHER_DIR, load_cifar10, npz_of, per_class_subset, train_teacher
 from compressor.config import EvalConfig, RunConfig, StudentConfig, TeacherConfig, preset_overrides
-from compressor.data import LabelledData, Split, stratified_subset
+from compressor.data import LabelledData
 from compressor.distill import device_name, resolve_device, run
 from compressor.errors import CompressorError
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cifar10_gpu.json"
 WARM_UP_ROUNDS = 5
 TRIAL_ROUNDS = 40
-
-
-def _subset(split: Split, fraction: float) -> Split:
-    idx = stratified_subset(split.labels, fraction, seed=0)
-    return Split(split.images[idx], split.labels[idx])
 
 
 def distill_config(args, teacher: Path, out: Path, rounds: int, test_npz: Path | None) -> RunConfig:
@@ -97,7 +92,7 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
 
     data = load_cifar10(args.data)
     if args.tiny:
-        data = LabelledData(data.name, data.class_names, _subset(data.train, 0.02), _subset(data.test, 0.02))
+        data = LabelledData(data.name, data.class_names, per_class_subset(data.train, 100, 0), per_class_subset(data.test, 20, 0))
     print(f"[{time.time() - started:5.0f} s] data loaded: {len(data.train.labels):,} train, {len(data.test.labels):,} test", flush=True)
 
     teacher = args.teacher
@@ -107,9 +102,8 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     if teacher is None:
         teacher = args.work_dir / committed.name if args.tiny else committed
         teacher_args = argparse.Namespace(arch=args.teacher_arch, epochs=args.teacher_epochs, lr=0.1, seed=args.seed,
-                                          data=args.data, download=False, device=args.device, out=str(teacher),
-                                          command_line=command)
-        train_teacher(teacher_args, data)
+                                          data=args.data, download=False, device=args.device, out=str(teacher))
+        train_teacher(teacher_args, data, command)
     elif not teacher.is_file():
         raise CompressorError(f"no teacher at {teacher}")
     info_path = teacher.with_suffix(".json")

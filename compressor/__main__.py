@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -145,8 +146,6 @@ def take_ctrl_c() -> None:
     """SIGINT is how Ctrl-C and the service stop a run (checkpoint, exit 130): take it even where it arrives
     ignored. A shell script's background job starts with SIGINT ignored, and every process it starts inherits
     that (a service started so would never stop its jobs). Only the main thread may set a handler."""
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 

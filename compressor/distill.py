@@ -379,7 +379,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     if is_main and not quiet:
         print(
             f"teacher {t.arch}: {teacher_params:,} params, {teacher_macs / 1e6:.1f} M MACs | "
-            f"student {plan.arch if plan.family == 'named' else f'{plan.family} {plan.spec}'}: {student_params:,} params ({100 * student_params / teacher_params:.2f} %), "
+            f"student {plan.label}{f' {plan.spec}' if plan.spec else ''}: {student_params:,} params ({100 * student_params / teacher_params:.2f} %), "
             f"{student_macs / 1e6:.1f} M MACs ({100 * student_macs / teacher_macs:.2f} %) | {cfg.method.name} on "
             f"{describe_devices(devices)}"
         )
@@ -702,7 +702,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             "sha256": t.sha256,
         },
         "student": {
-            "arch": plan.arch if plan.family == "named" else plan.family,
+            "arch": plan.label,
             "spec": plan.spec,
             "params": student_params,
             "macs": student_macs,

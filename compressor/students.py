@@ -42,6 +42,11 @@ class StudentPlan:
     budget: int
     macs_budget: int
 
+    @property
+    def label(self) -> str:
+        """What reports call the student: its family (its shape is in `spec`), or a named architecture's name."""
+        return self.arch if self.family == "named" else self.family
+
     def build(self, num_classes: int, in_channels: int) -> nn.Module:
         extra = {"spec": self.spec} if self.family != "named" else {}
         model = create_model(self.arch, num_classes=num_classes, in_channels=in_channels, **extra)

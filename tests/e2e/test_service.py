@@ -11,7 +11,6 @@ import io
 import json
 import os
 import pickle
-import re
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.serving import batch_counters
 from compressor.data import load_digits
 from export.onnx import cpu_session, read_metadata
 from compressor.evaluate import normalise
@@ -187,18 +187,13 @@ def test_two_hundred_concurrent_requests(server, digits_pngs):
         r = httpx.post(server.url + "/classify", files={"image": ("d.png", pngs[i % len(pngs)])}, timeout=120)
         return r.status_code, (r.json()["predictions"][0][0]["index"] if r.status_code == 200 else -1)
 
-    def batch_counts() -> tuple[float, float]:
-        text = httpx.get(server.url + "/metrics").text
-        values = dict(re.findall(r"^dfcompress_classify_batch_size_(sum|count) ([0-9.e+]+)$", text, re.M))
-        return float(values.get("sum", 0)), float(values.get("count", 0))
-
-    rows_before, calls_before = batch_counts()
+    rows_before, calls_before = batch_counters(server.url)
     with cf.ThreadPoolExecutor(32) as pool:
         results = list(pool.map(classify, range(200)))
     assert [s for s, _ in results] == [200] * 200
     accuracy = np.mean([pred == labels[i % len(labels)] for i, (_, pred) in enumerate(results)])
     assert accuracy > 0.7
-    rows, calls = (a - b for a, b in zip(batch_counts(), (rows_before, calls_before)))
+    rows, calls = (a - b for a, b in zip(batch_counters(server.url), (rows_before, calls_before)))
     assert rows == 200 and calls < 200, (rows, calls)  # concurrent requests shared ONNX Runtime calls
 
 

@@ -111,4 +111,3 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(runs, tmp_path):
     assert "error: --batch-size 31 is the global batch: it must divide evenly among the 2 ranks" in proc.stderr
     assert str(ROOT / "compressor") not in proc.stderr  # a message from every rank, no traceback of ours
     # (torchrun itself then reports the failed ranks, with a traceback of its own agent)
-
