@@ -5,9 +5,10 @@
 
 Published reference for the pair (../shared/METHODS.md): Fast-10 89.29 % in 0.15 GPU-hours, CMI 90.01 % in 13.3.
 
-1. The teacher: --teacher, else benchmarks/teachers/cifar10_wrn_40_2.pth where it exists (trained on an H200,
-   committed so that a 15-minute GPU lease need not retrain it), else (or with --train-teacher) trained now by
-   `benchmarks.cifar10`'s teacher recipe on train/, in this process so that the data is decoded once.
+1. The teacher: --teacher, else benchmarks/teachers/cifar10_wrn_40_2.pth where it exists (the H200's, 9 MB, kept
+   out of git: its sha256 is in the JSON beside it; a lease carries it so as not to spend 4.6 of its 15 minutes
+   retraining), else (or with --train-teacher) trained now by `benchmarks.cifar10`'s teacher recipe on train/, in
+   this process so that the data is decoded once.
 2. A short timed trial of the distillation loop (after a warm-up) gives the seconds per round on this device;
    the run then gets as many rounds as fit the budget (the cosine schedule needs its length up front, so the
    budget becomes rounds).
@@ -53,8 +54,8 @@ def distill_config(args, teacher: Path, out: Path, rounds: int, test_npz: Path |
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cifar10_gpu", description=__doc__.splitlines()[0])
-    p.add_argument("--teacher", type=Path, help="a trained teacher (default: the committed one, else train one now)")
-    p.add_argument("--train-teacher", action="store_true", help="train the teacher now even where one is committed")
+    p.add_argument("--teacher", type=Path, help="a trained teacher (default: the kept one where present, else train one now)")
+    p.add_argument("--train-teacher", action="store_true", help="train the teacher now even where one is kept")
     p.add_argument("--teacher-arch", default="wrn_40_2")
     p.add_argument("--teacher-epochs", type=int, default=40)
     p.add_argument("--student", default="wrn_16_1")
@@ -96,11 +97,11 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     print(f"[{time.time() - started:5.0f} s] data loaded: {len(data.train.labels):,} train, {len(data.test.labels):,} test", flush=True)
 
     teacher = args.teacher
-    committed = TEACHER_DIR / f"cifar10_{args.teacher_arch}.pth"
-    if teacher is None and committed.is_file() and not (args.tiny or args.train_teacher):
-        teacher = committed
+    kept = TEACHER_DIR / f"cifar10_{args.teacher_arch}.pth"
+    if teacher is None and kept.is_file() and not (args.tiny or args.train_teacher):
+        teacher = kept
     if teacher is None:
-        teacher = args.work_dir / committed.name if args.tiny else committed
+        teacher = args.work_dir / kept.name if args.tiny else kept
         teacher_args = argparse.Namespace(arch=args.teacher_arch, epochs=args.teacher_epochs, lr=0.1, seed=args.seed,
                                           data=args.data, download=False, device=args.device, out=str(teacher))
         train_teacher(teacher_args, data, command)
