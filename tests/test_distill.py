@@ -31,11 +31,12 @@ def _tiny_config(tmp_path, name: str, steps: int = 6, dataset: str | None = None
 
 
 @pytest.mark.parametrize("pool_size, method", [(50_000, {}), (24, {}), (50_000, {"generator_start": "meta", "latent_lr": 0.01}),
-                                               (50_000, {"mixup_alpha": 1.0})],
-                         ids=["pool-append-only", "pool-wrapped", "meta-generator", "mixup"])
+                                               (50_000, {"mixup_alpha": 1.0}), (50_000, {"diversity_weight": 1.0, "diversity_bank": 20})],
+                         ids=["pool-append-only", "pool-wrapped", "meta-generator", "mixup", "diversity-bank"])
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, pool_size, method):
     """The synthetic pool is part of the state: a 24-image pool has wrapped (6 rounds of 16) before the stop.
-    A meta-generator's rounds start from a copy of the shared generator: only the shared one is state."""
+    A meta-generator's rounds start from a copy of the shared generator: only the shared one is state. The
+    diversity term's bank of features (20 of the 48 images stored by the stop) is state too."""
     straight = run(_tiny_config(tmp_path, "straight", pool_size=pool_size, **method), quiet=True)
     cfg = _tiny_config(tmp_path, "resumed", pool_size=pool_size, **method)
     partial = run(cfg, stop_at_step=3, quiet=True)

@@ -129,3 +129,43 @@ def test_mixup_blends_each_image_with_another_of_its_batch():
         assert found or torch.allclose(flat[i], src[i], atol=1e-5), f"image {i} is not a blend of two batch images"
     torch.set_rng_state(state)
     assert torch.equal(mix_pairs(x, 1.0), mixed)  # seeded: a resumed run draws the same blends
+
+
+def test_feature_repulsion_is_lower_for_spread_features_and_counts_the_bank():
+    from compressor.methods.losses import feature_repulsion
+
+    torch.manual_seed(0)
+    spread = torch.eye(8, 16)  # eight orthogonal directions
+    clustered = torch.ones(8, 16) + 0.01 * torch.randn(8, 16)  # eight near-duplicates
+    empty = torch.empty(0, 16)
+    assert feature_repulsion(spread, empty, 0.1) < feature_repulsion(clustered, empty, 0.1) - 5
+    # The same batch scores worse once the bank already holds images like it.
+    far_bank = torch.nn.functional.normalize(-torch.ones(32, 16), dim=1)
+    near_bank = torch.nn.functional.normalize(spread.repeat(4, 1), dim=1)
+    assert feature_repulsion(spread, near_bank, 0.1) > feature_repulsion(spread, far_bank, 0.1) + 3
+
+
+def test_diversity_term_pushes_the_generator_and_banks_the_stored_features(tmp_path):
+    torch.manual_seed(0)
+    teacher = create_model("resnet20", num_classes=10).eval().requires_grad_(False)
+    student = create_model("resnet20", num_classes=10)
+    gen = Generator(16, 3, 32, (0.5,) * 3, (0.25,) * 3, width=8)
+    settings = MethodSettings(pool_size=64, diversity_weight=1.0, diversity_bank=20)
+    method = create_method("default", teacher, student, gen, settings, tmp_path)
+    z = torch.randn(8, 16)
+    images = gen(z)
+    loss, logs = method.generator_loss(SynthBatch(z, images))
+    assert method.features.last.shape == (8, 64)  # what resnet20's classifier received for this batch
+    method.settings = settings.model_copy(update={"diversity_weight": 0.0})
+    without, _ = method.generator_loss(SynthBatch(z, images))
+    method.settings = settings
+    assert torch.isclose(loss - without, logs["g_repulsion"], atol=1e-4)  # the term is in what the generator minimises
+    loss.backward()
+    assert all(p.grad is not None for p in gen.parameters() if p.requires_grad)
+    for _ in range(3):
+        method.store(gen(torch.randn(8, 16)).detach())
+    assert method.feature_bank.shape == (20, 64)  # the latest 20 of 24 stored images
+    assert torch.allclose(method.feature_bank.norm(dim=1), torch.ones(20), atol=1e-5)
+    again = create_method("default", teacher, student, gen, settings, tmp_path)
+    again.load_state_dict(method.state_dict())
+    assert torch.equal(again.feature_bank, method.feature_bank)

@@ -19,7 +19,9 @@ from compressor.augment import mix_pairs, random_crop_flip
 from compressor.methods.base import Logs, Method, SynthBatch
 from compressor.methods.losses import (
     BatchNormStatistics,
+    PenultimateFeatures,
     class_balance,
+    feature_repulsion,
     kl_at_temperature,
     one_hot_confidence,
     per_sample_kl,
@@ -34,18 +36,23 @@ class DefaultMethod(Method):
         super().__init__(teacher, student, generator, settings, workdir)
         self.bn_stats = BatchNormStatistics(teacher)
         self.pool = SyntheticPool(settings.pool_size, workdir / "pool.u8", next(student.parameters()).device)
+        self.features = PenultimateFeatures(teacher) if settings.diversity_weight > 0 else None
+        self.feature_bank = torch.empty(0, device=next(teacher.parameters()).device)  # normalised features of the latest stored images
 
     def generator_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
         s = self.settings
+        images = batch.images
+        if s.synthesis_augment:
+            images = random_crop_flip(images, max(1, images.shape[-1] // 8), True)
         self.bn_stats.active = True
         try:
-            t_logits = self.teacher(batch.images)
+            t_logits = self.teacher(images)
         finally:
             self.bn_stats.active = False
         bn_loss = self.bn_stats.collect().to(t_logits.device)
         was_training = self.student.training
         self.student.eval()  # the generator's images must not move the student's BatchNorm statistics
-        s_logits = self.student(batch.images)
+        s_logits = self.student(images)
         self.student.train(was_training)
 
         kl = per_sample_kl(s_logits, t_logits)
@@ -57,20 +64,34 @@ class DefaultMethod(Method):
         balance = class_balance(t_logits)
         one_hot = one_hot_confidence(t_logits)
         loss = s.bn_weight * bn_loss + s.balance_weight * balance + s.one_hot_weight * one_hot - s.adversarial_weight * adversarial
-        return loss, {
+        logs = {
             "g_bn": bn_loss.detach(),
             "g_adv": adversarial.detach(),
             "g_balance": balance.detach(),
             "g_onehot": one_hot.detach(),
             "diversity": batch.images.detach().float().std(dim=0).mean(),
         }
+        if self.features is not None and self.features.found:
+            repulsion = feature_repulsion(self.features.last, self.feature_bank, s.diversity_temperature)
+            loss = loss + s.diversity_weight * repulsion
+            logs["g_repulsion"] = repulsion.detach()
+        return loss, logs
 
     def store(self, images: torch.Tensor) -> None:
         self.pool.add(self.generator.to_pixels(images))
+        if self.features is not None and self.features.found:
+            with torch.no_grad():
+                self.teacher(images)
+            new = torch.nn.functional.normalize(self.features.last.float(), dim=1)
+            self.feature_bank = torch.cat([self.feature_bank.view(-1, new.shape[1]), new])[-self.settings.diversity_bank:]
 
     def student_batch(self, batch_size: int) -> SynthBatch:
         s = self.settings
-        pixels = self.pool.sample(batch_size, next(self.student.parameters()).device)
+        device = next(self.student.parameters()).device
+        n_recent = round(s.recent_fraction * batch_size) if self.pool.last_added else 0
+        pixels = self.pool.sample(batch_size - n_recent, device)
+        if n_recent:
+            pixels = torch.cat([self.pool.sample(n_recent, device, recent=True), pixels])
         if s.augment or s.flip:
             pixels = random_crop_flip(pixels, max(1, pixels.shape[-1] // 8) if s.augment else 0, s.flip)
         if s.mixup_alpha > 0:
@@ -84,7 +105,8 @@ class DefaultMethod(Method):
         return loss, {"s_loss": loss.detach()}
 
     def state_dict(self) -> dict:
-        return {"pool": self.pool.state_dict()}
+        return {"pool": self.pool.state_dict(), "feature_bank": self.feature_bank}
 
     def load_state_dict(self, state: dict) -> None:
         self.pool.load_state_dict(state["pool"])
+        self.feature_bank = state.get("feature_bank", torch.empty(0)).to(self.feature_bank.device)

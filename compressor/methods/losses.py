@@ -77,3 +77,29 @@ class BatchNormStatistics:
             torch.norm(mean - layer.running_mean, 2) + torch.norm(var - layer.running_var, 2)
             for (layer, _, _), mean, var in zip(moments, means.split(sizes), variances.split(sizes))
         ]).sum()
+
+
+def feature_repulsion(features: torch.Tensor, bank: torch.Tensor, temperature: float) -> torch.Tensor:
+    """How close each image's feature lies to its nearest neighbours among the other images of its batch and
+    a bank of earlier ones: the log-sum-exp of cosine similarities at `temperature` (the denominator of CMI's
+    contrastive loss). Minimising it pushes new images away from what the pool already holds."""
+    f = F.normalize(features.float(), dim=1)
+    others = torch.cat([f, bank.to(f.device, f.dtype)]) if len(bank) else f
+    similarity = f @ others.T / temperature
+    similarity = similarity.masked_fill(torch.eye(len(f), len(others), dtype=torch.bool, device=f.device), float("-inf"))
+    return (torch.logsumexp(similarity, dim=1) - math.log(max(1, len(others) - 1))).mean()
+
+
+class PenultimateFeatures:
+    """Records what the model's last Linear layer receives (its penultimate features) on each forward, for
+    diversity terms measured where the model itself tells images apart."""
+
+    def __init__(self, model: nn.Module) -> None:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self.found = bool(linears)
+        self.last: torch.Tensor | None = None
+        if linears:
+            linears[-1].register_forward_hook(self._hook)
+
+    def _hook(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        self.last = inputs[0].flatten(1)
