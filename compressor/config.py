@@ -35,9 +35,7 @@ class OptimizerConfig(Strict):
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0)
-    # onecycle: a linear warm-up over the first 15 % to lr, then cosine down (torch's OneCycleLR, as the
-    # supervised references in benchmarks/ train); cosine: from lr down to lr / 1000.
-    schedule: Literal["cosine", "constant", "onecycle"] = "cosine"
+    schedule: Literal["cosine", "constant"] = "cosine"
 
 
 # g generator steps and k student steps per round, by method, where the settings leave them unset.
@@ -67,13 +65,11 @@ class MethodSettings(Strict):
     # copy's summed gradients, so that it learns to be a start from which g steps reach a fresh, useful batch.
     generator_start: Literal["kept", "meta"] = "kept"
     latent_lr: float = Field(0.0, ge=0)  # > 0: the round's noise is optimised too (Adam, this rate), as in Fast
-    # The synthesis batch is seen by teacher and student through the same random crop and flip as the KD batches
-    # (CMI, Fast): the generator is rewarded for images whose statistics and labels survive that augmentation.
-    synthesis_augment: bool = False
-    # > 0: the generator is also pushed away from the images the pool already holds, in the teacher's own
-    # feature space (what its last Linear layer receives): a repulsion from a bank of the stored images'
-    # features (CMI's contrastive idea without its second view), against pools of near-duplicates. 0: off.
-    diversity_weight: float = Field(0.0, ge=0)
+    # The generator is also pushed away from the images the pool already holds, in the teacher's own feature
+    # space (what its last Linear layer receives): a repulsion from the rest of its batch and a bank of the
+    # stored images' features (CMI's contrastive idea without its second view), against pools of near-duplicates.
+    # 30 was chosen on the validation split (benchmarks/RESULTS.md); 0: off.
+    diversity_weight: float = Field(30.0, ge=0)
     diversity_bank: int = Field(4096, ge=1)  # features of the latest stored images the repulsion is measured against
     diversity_temperature: float = Field(0.1, gt=0)
     augment: bool = True  # random crops of the pool's images, in whole pixels
@@ -81,11 +77,6 @@ class MethodSettings(Strict):
     # > 0: each KD image is blended with another of its batch, λ ~ Beta(alpha, alpha), and the teacher labels the
     # blend (function matching): new inputs at no synthesis cost. 0: off.
     mixup_alpha: float = Field(0.0, ge=0)
-    # Synthesis rounds without student steps before the first round (Fast's warm-up), each storing its batch. 0: none.
-    warmup_rounds: int = Field(0, ge=0)
-    # Share of each KD batch drawn from the images the latest round synthesised (the ones aimed at where the
-    # current student and teacher disagree); the rest is drawn from the whole pool. 0: the whole pool only.
-    recent_fraction: float = Field(0.0, ge=0, le=1)
 
     @property
     def round(self) -> tuple[int, int]:

@@ -160,8 +160,6 @@ def make_optimizer(params, cfg: OptimizerConfig, device: torch.device) -> torch.
 def make_schedule(opt: torch.optim.Optimizer, cfg: OptimizerConfig, steps: int):
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=cfg.lr * 1e-3)
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(2, steps), pct_start=0.15)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
@@ -333,9 +331,9 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     noise_rng = torch.Generator(device=device).manual_seed(cfg.seed + 20_000)
     method = create_method(cfg.method.name, teacher, student, generator, cfg.method, work_dir)
     g_steps, k_steps = cfg.method.round
-    if cfg.method.name == "default" and len(getattr(method, "bn_stats", [])) == 0:
-        tqdm.write("warning: the teacher has no BatchNorm layers, so the batch-norm statistics term is off; "
-                   "expect a weaker student (the adversarial, balance and one-hot terms remain)")
+    for warning in method.warnings():
+        if is_main:
+            tqdm.write(f"warning: {warning}")
 
     # With a meta-generator a round optimises a copy (one module reused, so --compile traces it once).
     meta = cfg.method.generator_start == "meta"
@@ -530,43 +528,40 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
 
             # 1. Synthesis: g generator updates on one batch of noise (from a fresh generator every
             #    `generator_reset_every` rounds, if the method asks for it); the method stores the batch it ended with.
-            #    The first round synthesises `warmup_rounds` more batches (Fast's warm-up): the student's first steps
-            #    then draw from a pool of several batches instead of reusing one batch ten times.
-            for _batch in range(1 + cfg.method.warmup_rounds if step == 0 else 1):
-                every = cfg.method.generator_reset_every
-                if every and step % every == 0 and step > 0:
-                    for m in generator.modules():
-                        if m is not generator and hasattr(m, "reset_parameters"):
-                            m.reset_parameters()
-                    opt_g.state.clear()
-                #    A meta round starts from a copy of the shared generator, whose own optimiser steps once at the
-                #    end on the copy's gradients summed over the round (Fast's first-order meta update).
-                student.requires_grad_(False)
-                round_generator.train()
-                z = noise()
+            every = cfg.method.generator_reset_every
+            if every and step % every == 0 and step > 0:
+                for m in generator.modules():
+                    if m is not generator and hasattr(m, "reset_parameters"):
+                        m.reset_parameters()
+                opt_g.state.clear()
+            #    A meta round starts from a copy of the shared generator, whose own optimiser steps once at the
+            #    end on the copy's gradients summed over the round (Fast's first-order meta update).
+            student.requires_grad_(False)
+            round_generator.train()
+            z = noise()
+            if meta:
+                round_generator.load_state_dict(generator.state_dict())
+                opt_round = make_optimizer(round_generator.parameters(), cfg.generator_optim, device)  # fresh per round
+                opt_g.zero_grad(set_to_none=True)
+            opt_z = torch.optim.Adam([z.requires_grad_()], lr=cfg.method.latent_lr, betas=(0.5, 0.999)) if cfg.method.latent_lr else None
+            for _ in range(g_steps):
+                with amp():
+                    images, loss_g, logs_g = synthesis_loss(z)  # generator(z), then the method's generator loss
+                if opt_z is not None:
+                    opt_z.zero_grad(set_to_none=True)
                 if meta:
-                    round_generator.load_state_dict(generator.state_dict())
-                    opt_round = make_optimizer(round_generator.parameters(), cfg.generator_optim, device)  # fresh per round
-                    opt_g.zero_grad(set_to_none=True)
-                opt_z = torch.optim.Adam([z.requires_grad_()], lr=cfg.method.latent_lr, betas=(0.5, 0.999)) if cfg.method.latent_lr else None
-                for _ in range(g_steps):
-                    with amp():
-                        images, loss_g, logs_g = synthesis_loss(z)  # generator(z), then the method's generator loss
-                    if opt_z is not None:
-                        opt_z.zero_grad(set_to_none=True)
-                    if meta:
-                        optimizer_step(opt_round, loss_g, round_generator, cfg.grad_clip, distributed.average_gradients)
-                        accumulate_gradients(generator, round_generator)
-                    else:
-                        optimizer_step(opt_g, loss_g, generator, cfg.grad_clip, distributed.average_gradients)
-                    if opt_z is not None:
-                        opt_z.step()
-                    synthesised += len(z) * world.size
-                    logs.update(logs_g)
-                if meta:
-                    opt_g.step()
-                method.store(distributed.all_gather(images.detach()))  # every rank's pool holds the global batch
-                student.requires_grad_(True)
+                    optimizer_step(opt_round, loss_g, round_generator, cfg.grad_clip, distributed.average_gradients)
+                    accumulate_gradients(generator, round_generator)
+                else:
+                    optimizer_step(opt_g, loss_g, generator, cfg.grad_clip, distributed.average_gradients)
+                if opt_z is not None:
+                    opt_z.step()
+                synthesised += len(z) * world.size
+                logs.update(logs_g)
+            if meta:
+                opt_g.step()
+            method.store(distributed.all_gather(images.detach()))  # every rank's pool holds the global batch
+            student.requires_grad_(True)
 
             # 2. Student: k updates, each on a batch the method draws (its pool, or fresh from the generator).
             student.train()

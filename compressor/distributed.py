@@ -106,6 +106,11 @@ def local_slice(global_batch: torch.Tensor) -> torch.Tensor:
     return global_batch[rank * n : (rank + 1) * n]
 
 
+def local_start(n_local: int) -> int:
+    """Where this rank's share of `n_local` rows begins in the global batch (what `all_gather` returns)."""
+    return dist.get_rank() * n_local if active() else 0
+
+
 class _SumAcrossRanks(torch.autograd.Function):
     """All-reduce (sum) with a gradient: every rank's loss depends on every rank's share, so the backward sums the
     incoming gradients across ranks too (torch.distributed.nn.functional.all_reduce, which does this, is deprecated)."""

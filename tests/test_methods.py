@@ -137,12 +137,20 @@ def test_feature_repulsion_is_lower_for_spread_features_and_counts_the_bank():
     torch.manual_seed(0)
     spread = torch.eye(8, 16)  # eight orthogonal directions
     clustered = torch.ones(8, 16) + 0.01 * torch.randn(8, 16)  # eight near-duplicates
-    empty = torch.empty(0, 16)
-    assert feature_repulsion(spread, empty, 0.1) < feature_repulsion(clustered, empty, 0.1) - 5
+
+    def own_batch(f: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(f, dim=1)
+
+    assert feature_repulsion(spread, own_batch(spread), 0.1) < feature_repulsion(clustered, own_batch(clustered), 0.1) - 5
     # The same batch scores worse once the bank already holds images like it.
     far_bank = torch.nn.functional.normalize(-torch.ones(32, 16), dim=1)
     near_bank = torch.nn.functional.normalize(spread.repeat(4, 1), dim=1)
-    assert feature_repulsion(spread, near_bank, 0.1) > feature_repulsion(spread, far_bank, 0.1) + 3
+    with_far = feature_repulsion(spread, torch.cat([own_batch(spread), far_bank]), 0.1)
+    assert feature_repulsion(spread, torch.cat([own_batch(spread), near_bank]), 0.1) > with_far + 3
+    # An image is not its own neighbour: rows offset... of the others are the batch itself, wherever they sit.
+    shifted = torch.cat([far_bank, own_batch(spread)])
+    assert torch.isclose(feature_repulsion(spread, shifted, 0.1, offset=32), with_far, atol=1e-5)
+    assert feature_repulsion(spread, shifted, 0.1, offset=0) > with_far + 5  # wrong offset: each sees itself
 
 
 def test_diversity_term_pushes_the_generator_and_banks_the_stored_features(tmp_path):
@@ -169,3 +177,17 @@ def test_diversity_term_pushes_the_generator_and_banks_the_stored_features(tmp_p
     again = create_method("default", teacher, student, gen, settings, tmp_path)
     again.load_state_dict(method.state_dict())
     assert torch.equal(again.feature_bank, method.feature_bank)
+
+
+def test_a_teacher_without_batchnorm_or_linear_layers_is_told_which_terms_are_off(tmp_path):
+    teacher = nn.Sequential(nn.Conv2d(3, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    student = create_model("resnet20", num_classes=10)
+    gen = Generator(16, 3, 32, (0.5,) * 3, (0.25,) * 3, width=8)
+    method = create_method("default", teacher, student, gen, MethodSettings(pool_size=64, diversity_weight=1.0), tmp_path)
+    notes = method.warnings()
+    assert len(notes) == 2 and "BatchNorm" in notes[0] and "diversity term is off" in notes[1]
+    z = torch.randn(8, 16)
+    loss, logs = method.generator_loss(SynthBatch(z, gen(z)))  # still trains, on the terms that remain
+    assert torch.isfinite(loss) and "g_repulsion" not in logs
+    full, _ = _parts("default", tmp_path / "full")
+    assert full.warnings() == []

@@ -65,6 +65,10 @@ class Method(ABC):
         with torch.no_grad():
             return SynthBatch(z, self.generator(z).detach())
 
+    def warnings(self) -> list[str]:
+        """What the user should know before training: terms this teacher leaves the method unable to use."""
+        return []
+
     def state_dict(self) -> dict:
         """Anything the method keeps between rounds (a pool of images), for exact resume."""
         return {}

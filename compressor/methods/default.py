@@ -5,7 +5,9 @@ The structure of the strongest published methods (../shared/METHODS.md: CMI, Fas
   teacher's BatchNorm running statistics (keeps them in the teacher's domain), cover every class (a balance
   term on the teacher's mean prediction and a small one-hot term), and make the student disagree with the
   teacher where the two currently agree (the adversarial term, which explores the decision boundary instead
-  of rewarding images the teacher itself is unsure about);
+  of rewarding images the teacher itself is unsure about), and lie away from the images already stored (a
+  repulsion, in the teacher's penultimate features, from the rest of the batch and a bank of the latest stored
+  images: CMI's remedy for pools of near-duplicates, the lever that paid most on the validation split);
 - the batch the round ends with is stored, as pixels, in a pool of every image the run has synthesised;
 - the student then takes k KD steps (KL at a temperature) on batches drawn from the whole pool, with random
   crops and flips in whole pixels, so each synthetic image is reused many times and nothing is forgotten.
@@ -14,7 +16,9 @@ Synthesis is the expensive half on a CPU; this spends it once per image instead 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from compressor import distributed
 from compressor.augment import mix_pairs, random_crop_flip
 from compressor.methods.base import Logs, Method, SynthBatch
 from compressor.methods.losses import (
@@ -39,20 +43,27 @@ class DefaultMethod(Method):
         self.features = PenultimateFeatures(teacher) if settings.diversity_weight > 0 else None
         self.feature_bank = torch.empty(0, device=next(teacher.parameters()).device)  # normalised features of the latest stored images
 
+    def warnings(self) -> list[str]:
+        notes = []
+        if len(self.bn_stats) == 0:
+            notes.append("the teacher has no BatchNorm layers, so the batch-norm statistics term is off; expect a "
+                         "weaker student (the adversarial, balance and one-hot terms remain)")
+        if self.features is not None and not self.features.found:
+            notes.append("the teacher has no Linear layer whose input could serve as its features, so the diversity "
+                         "term is off")
+        return notes
+
     def generator_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
         s = self.settings
-        images = batch.images
-        if s.synthesis_augment:
-            images = random_crop_flip(images, max(1, images.shape[-1] // 8), True)
         self.bn_stats.active = True
         try:
-            t_logits = self.teacher(images)
+            t_logits = self.teacher(batch.images)
         finally:
             self.bn_stats.active = False
         bn_loss = self.bn_stats.collect().to(t_logits.device)
         was_training = self.student.training
         self.student.eval()  # the generator's images must not move the student's BatchNorm statistics
-        s_logits = self.student(images)
+        s_logits = self.student(batch.images)
         self.student.train(was_training)
 
         kl = per_sample_kl(s_logits, t_logits)
@@ -72,7 +83,12 @@ class DefaultMethod(Method):
             "diversity": batch.images.detach().float().std(dim=0).mean(),
         }
         if self.features is not None and self.features.found:
-            repulsion = feature_repulsion(self.features.last, self.feature_bank, s.diversity_temperature)
+            # The others are the global synthesis batch (gathered from every rank, so the objective does not
+            # depend on their number) and the bank, held fixed: each image moves away from them, not they from it.
+            local = self.features.last
+            batch_features = distributed.all_gather(F.normalize(local.detach().float(), dim=1))
+            others = torch.cat([batch_features, self.feature_bank.to(batch_features.device)])
+            repulsion = feature_repulsion(local, others, s.diversity_temperature, offset=distributed.local_start(len(local)))
             loss = loss + s.diversity_weight * repulsion
             logs["g_repulsion"] = repulsion.detach()
         return loss, logs
@@ -82,16 +98,12 @@ class DefaultMethod(Method):
         if self.features is not None and self.features.found:
             with torch.no_grad():
                 self.teacher(images)
-            new = torch.nn.functional.normalize(self.features.last.float(), dim=1)
+            new = F.normalize(self.features.last.float(), dim=1)
             self.feature_bank = torch.cat([self.feature_bank.view(-1, new.shape[1]), new])[-self.settings.diversity_bank:]
 
     def student_batch(self, batch_size: int) -> SynthBatch:
         s = self.settings
-        device = next(self.student.parameters()).device
-        n_recent = round(s.recent_fraction * batch_size) if self.pool.last_added else 0
-        pixels = self.pool.sample(batch_size - n_recent, device)
-        if n_recent:
-            pixels = torch.cat([self.pool.sample(n_recent, device, recent=True), pixels])
+        pixels = self.pool.sample(batch_size, next(self.student.parameters()).device)
         if s.augment or s.flip:
             pixels = random_crop_flip(pixels, max(1, pixels.shape[-1] // 8) if s.augment else 0, s.flip)
         if s.mixup_alpha > 0:

@@ -79,15 +79,17 @@ class BatchNormStatistics:
         ]).sum()
 
 
-def feature_repulsion(features: torch.Tensor, bank: torch.Tensor, temperature: float) -> torch.Tensor:
-    """How close each image's feature lies to its nearest neighbours among the other images of its batch and
-    a bank of earlier ones: the log-sum-exp of cosine similarities at `temperature` (the denominator of CMI's
-    contrastive loss). Minimising it pushes new images away from what the pool already holds."""
+def feature_repulsion(features: torch.Tensor, others: torch.Tensor, temperature: float, offset: int = 0) -> torch.Tensor:
+    """How close each image's feature lies to its nearest neighbours among `others` (the whole synthesis batch
+    and a bank of earlier images, held fixed): the log-sum-exp of cosine similarities at `temperature`, the
+    denominator of CMI's contrastive loss. Minimising it pushes new images away from what the pool already
+    holds. `features` are rows offset ... offset + n of `others` (an image is not its own neighbour)."""
     f = F.normalize(features.float(), dim=1)
-    others = torch.cat([f, bank.to(f.device, f.dtype)]) if len(bank) else f
-    similarity = f @ others.T / temperature
-    similarity = similarity.masked_fill(torch.eye(len(f), len(others), dtype=torch.bool, device=f.device), float("-inf"))
-    return (torch.logsumexp(similarity, dim=1) - math.log(max(1, len(others) - 1))).mean()
+    similarity = f @ others.to(f.device, f.dtype).T / temperature
+    own = torch.arange(len(f), device=f.device) + offset
+    similarity[torch.arange(len(f), device=f.device), own] = float("-inf")
+    # The mean over the global batch under torchrun (every rank logs the same value, and the gradient is exact).
+    return global_batch_mean(torch.logsumexp(similarity, dim=1) - math.log(max(1, len(others) - 1)))
 
 
 class PenultimateFeatures:

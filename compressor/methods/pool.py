@@ -29,7 +29,6 @@ class SyntheticPool:
         self.size = 0
         self.cursor = 0
         self.wrapped = False
-        self.last_added = 0  # how many images the latest `add` stored: what `sample(recent=True)` draws from
 
     @property
     def file_backed(self) -> bool:
@@ -52,7 +51,6 @@ class SyntheticPool:
         if self.data is None:
             self._allocate(tuple(as_bytes.shape[1:]))
         as_bytes = as_bytes.to(self.data.device)
-        self.last_added = min(self.capacity, as_bytes.shape[0])
         for chunk in as_bytes.split(self.capacity):
             n = chunk.shape[0]
             idx = (torch.arange(n, device=self.data.device) + self.cursor) % self.capacity
@@ -61,28 +59,22 @@ class SyntheticPool:
             self.cursor = (self.cursor + n) % self.capacity
             self.size = min(self.capacity, self.size + n)
 
-    def sample(self, n: int, device: torch.device, recent: bool = False) -> torch.Tensor:
-        """n images drawn uniformly from the whole pool, or from the latest `add` only (`recent`), as pixels in
-        [0, 1] on `device`."""
+    def sample(self, n: int, device: torch.device) -> torch.Tensor:
+        """n images drawn uniformly from the whole pool, as pixels in [0, 1] on `device`."""
         assert self.data is not None and self.size > 0, "sample from an empty pool"
-        if recent:
-            back = torch.randint(1, self.last_added + 1, (n,), device=self.data.device)
-            idx = (self.cursor - back) % self.capacity
-        else:
-            idx = torch.randint(0, self.size, (n,), device=self.data.device)
+        idx = torch.randint(0, self.size, (n,), device=self.data.device)
         return self.data[idx].to(device, non_blocking=True).float().div_(255)
 
     def state_dict(self) -> dict:
         keep_bytes = self.data is not None and (self.wrapped or not self.file_backed)
         return {
-            "size": self.size, "cursor": self.cursor, "wrapped": self.wrapped, "last_added": self.last_added,
+            "size": self.size, "cursor": self.cursor, "wrapped": self.wrapped,
             "shape": list(self.data.shape[1:]) if self.data is not None else None,
             "bytes": self.data[: self.size].to("cpu", copy=True) if keep_bytes else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.size, self.cursor, self.wrapped = int(state["size"]), int(state["cursor"]), bool(state["wrapped"])
-        self.last_added = int(state.get("last_added", 0))  # 0 in checkpoints from before recent sampling existed
         if state["shape"] is None:
             return
         needed = self.size * int(torch.Size(state["shape"]).numel())

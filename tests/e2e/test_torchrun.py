@@ -51,8 +51,8 @@ def runs(tmp_path_factory, demo_run):
 
 def test_the_global_objective_does_not_depend_on_the_number_of_ranks(runs, tmp_path):
     """Step 1 of synthesis, one generator update per round so that the logged loss is that of the first step: the
-    same global noise, and batch-norm statistics and class balance over the global batch (the generator's own
-    BatchNorm included), give the single process's values to float tolerance."""
+    same global noise, and batch-norm statistics, class balance and the diversity term over the global batch (the
+    generator's own BatchNorm included), give the single process's values to float tolerance."""
     _, teacher, _ = runs
     first_step = [*ARGS[:2], "--steps", "1", *ARGS[4:], "--generator-steps", "1"]
     for name, nproc in (("one", None), ("two", 2)):
@@ -62,6 +62,7 @@ def test_the_global_objective_does_not_depend_on_the_number_of_ranks(runs, tmp_p
     assert one["step"] == two["step"] == 1
     assert two["g_bn"] == pytest.approx(one["g_bn"], rel=1e-5)
     assert two["g_balance"] == pytest.approx(one["g_balance"], rel=1e-4, abs=1e-6)
+    assert two["g_repulsion"] == pytest.approx(one["g_repulsion"], rel=1e-4)  # each image against the global batch
     assert two["g_bn"] > 0.1  # a real loss, not an empty term
 
 
