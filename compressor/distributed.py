@@ -102,8 +102,8 @@ def local_slice(global_batch: torch.Tensor) -> torch.Tensor:
     if not active():
         return global_batch
     n = global_batch.shape[0] // dist.get_world_size()
-    rank = dist.get_rank()
-    return global_batch[rank * n : (rank + 1) * n]
+    start = local_start(n)
+    return global_batch[start : start + n]
 
 
 def local_start(n_local: int) -> int:

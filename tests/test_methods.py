@@ -42,12 +42,12 @@ def test_bn_statistics_loss_grows_with_distribution_shift():
     assert stats.collect().item() == 0.0
 
 
-def _parts(method: str, workdir):
+def _parts(method: str, workdir, **settings):
     torch.manual_seed(0)
     teacher = create_model("resnet20", num_classes=10).eval().requires_grad_(False)
     student = create_model("resnet20", num_classes=10)
     gen = Generator(16, 3, 32, (0.5,) * 3, (0.25,) * 3, width=8)
-    return create_method(method, teacher, student, gen, MethodSettings(name=method, pool_size=64), workdir), gen
+    return create_method(method, teacher, student, gen, MethodSettings(name=method, pool_size=64, **settings), workdir), gen
 
 
 def test_dfad_generator_maximises_the_students_l1_loss(tmp_path):
@@ -154,12 +154,8 @@ def test_feature_repulsion_is_lower_for_spread_features_and_counts_the_bank():
 
 
 def test_diversity_term_pushes_the_generator_and_banks_the_stored_features(tmp_path):
-    torch.manual_seed(0)
-    teacher = create_model("resnet20", num_classes=10).eval().requires_grad_(False)
-    student = create_model("resnet20", num_classes=10)
-    gen = Generator(16, 3, 32, (0.5,) * 3, (0.25,) * 3, width=8)
-    settings = MethodSettings(pool_size=64, diversity_weight=1.0, diversity_bank=20)
-    method = create_method("default", teacher, student, gen, settings, tmp_path)
+    method, gen = _parts("default", tmp_path, diversity_weight=1.0, diversity_bank=20)
+    settings = method.settings
     z = torch.randn(8, 16)
     images = gen(z)
     loss, logs = method.generator_loss(SynthBatch(z, images))
@@ -174,7 +170,7 @@ def test_diversity_term_pushes_the_generator_and_banks_the_stored_features(tmp_p
         method.store(gen(torch.randn(8, 16)).detach())
     assert method.feature_bank.shape == (20, 64)  # the latest 20 of 24 stored images
     assert torch.allclose(method.feature_bank.norm(dim=1), torch.ones(20), atol=1e-5)
-    again = create_method("default", teacher, student, gen, settings, tmp_path)
+    again = create_method("default", method.teacher, method.student, gen, settings, tmp_path)
     again.load_state_dict(method.state_dict())
     assert torch.equal(again.feature_bank, method.feature_bank)
 

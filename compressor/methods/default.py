@@ -43,6 +43,11 @@ class DefaultMethod(Method):
         self.features = PenultimateFeatures(teacher) if settings.diversity_weight > 0 else None
         self.feature_bank = torch.empty(0, device=next(teacher.parameters()).device)  # normalised features of the latest stored images
 
+    @property
+    def repels(self) -> bool:
+        """Whether the diversity term is on: asked for, and the teacher has a Linear layer to read features from."""
+        return self.features is not None and self.features.found
+
     def warnings(self) -> list[str]:
         notes = []
         if len(self.bn_stats) == 0:
@@ -82,12 +87,12 @@ class DefaultMethod(Method):
             "g_onehot": one_hot.detach(),
             "diversity": batch.images.detach().float().std(dim=0).mean(),
         }
-        if self.features is not None and self.features.found:
+        if self.repels:
             # The others are the global synthesis batch (gathered from every rank, so the objective does not
             # depend on their number) and the bank, held fixed: each image moves away from them, not they from it.
             local = self.features.last
             batch_features = distributed.all_gather(F.normalize(local.detach().float(), dim=1))
-            others = torch.cat([batch_features, self.feature_bank.to(batch_features.device)])
+            others = torch.cat([batch_features, self.feature_bank])
             repulsion = feature_repulsion(local, others, s.diversity_temperature, offset=distributed.local_start(len(local)))
             loss = loss + s.diversity_weight * repulsion
             logs["g_repulsion"] = repulsion.detach()
@@ -95,7 +100,7 @@ class DefaultMethod(Method):
 
     def store(self, images: torch.Tensor) -> None:
         self.pool.add(self.generator.to_pixels(images))
-        if self.features is not None and self.features.found:
+        if self.repels:
             with torch.no_grad():
                 self.teacher(images)
             new = F.normalize(self.features.last.float(), dim=1)

@@ -86,8 +86,8 @@ def feature_repulsion(features: torch.Tensor, others: torch.Tensor, temperature:
     holds. `features` are rows offset ... offset + n of `others` (an image is not its own neighbour)."""
     f = F.normalize(features.float(), dim=1)
     similarity = f @ others.to(f.device, f.dtype).T / temperature
-    own = torch.arange(len(f), device=f.device) + offset
-    similarity[torch.arange(len(f), device=f.device), own] = float("-inf")
+    rows = torch.arange(len(f), device=f.device)
+    similarity[rows, rows + offset] = float("-inf")
     # The mean over the global batch under torchrun (every rank logs the same value, and the gradient is exact).
     return global_batch_mean(torch.logsumexp(similarity, dim=1) - math.log(max(1, len(others) - 1)))
 
