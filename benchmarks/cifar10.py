@@ -46,8 +46,12 @@ def load_cifar10(data: str | None, download: bool = False) -> LabelledData:
 
 
 def train_teacher(args: argparse.Namespace, data: LabelledData | None = None, command: str | None = None) -> int:
-    """The benchmark teacher's recipe (SGD, one-cycle, crop and flip, batch 128); `data` spares a second load,
+    """The benchmark teacher's recipe (SGD, one-cycle, crop and flip; batch 128 by default, larger on a GPU, where
+    the steps are bound by kernel launches, not arithmetic); `data` spares a second load,
     `command` is what the teacher's JSON records as having made it (default: this module's own command line)."""
+    for name, value in (("epochs", args.epochs), ("batch size", args.batch_size), ("learning rate", args.lr)):
+        if not value > 0:
+            raise CompressorError(f"the teacher's {name} must be positive, got {value}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = data or load_cifar10(args.data, args.download)
     if data.train is None:
@@ -64,7 +68,7 @@ def train_teacher(args: argparse.Namespace, data: LabelledData | None = None, co
         log_lines.append(stamp)
 
     started = time.time()
-    train_classifier(model, data.train, CIFAR_MEAN, CIFAR_STD, epochs=args.epochs, batch_size=128, lr=args.lr,
+    train_classifier(model, data.train, CIFAR_MEAN, CIFAR_STD, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      weight_decay=5e-4, pad=4, flip=True, seed=args.seed, device=device, log=log)
     top1, _, _ = evaluate_splits(model, data.test, split_idx, CIFAR_MEAN, CIFAR_STD, device)
     wall = time.time() - started
@@ -73,7 +77,7 @@ def train_teacher(args: argparse.Namespace, data: LabelledData | None = None, co
     out = Path(args.out) if args.out else TEACHER_DIR / f"cifar10_{args.arch}.pth"
     torch.save(model.cpu().state_dict(), out)
     info = {
-        "arch": args.arch, "epochs": args.epochs, "lr": args.lr, "batch_size": 128, "seed": args.seed,
+        "arch": args.arch, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
         "accuracy": top1, "params": sum(p.numel() for p in model.parameters()), "wall_seconds": wall,
         "device": device_name(device), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "date": date.today().isoformat(), "command": command or "python -m benchmarks.cifar10 " + " ".join(sys.argv[1:]),
@@ -279,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("teacher", help="train the benchmark teacher on train/")
     t.add_argument("--arch", default="resnet20")
     t.add_argument("--epochs", type=int, default=25)
-    t.add_argument("--lr", type=float, default=0.1)
+    t.add_argument("--lr", type=float, default=0.1, help="the one-cycle schedule's peak")
+    t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--data")
     t.add_argument("--download", action="store_true")

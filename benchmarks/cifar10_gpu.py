@@ -1,6 +1,7 @@
 """Issue 14's GPU target: a CIFAR-10 WRN-40-2 teacher compressed to a WRN-16-1 within a budget of GPU minutes.
 
     python -m benchmarks.cifar10_gpu [--teacher PATH | --train-teacher --teacher-epochs 40] [--minutes 10] [--deadline-minutes 9.5]
+                                     [--compile inductor]
     python -m benchmarks.cifar10_gpu --tiny      # small shapes on the CPU: what the test suite runs
 
 Published reference for the pair (../shared/METHODS.md): Fast-10 89.29 % in 0.15 GPU-hours, CMI 90.01 % in 13.3.
@@ -43,7 +44,7 @@ TRIAL_ROUNDS = 40
 
 def distill_config(args, teacher: Path, out: Path, rounds: int, test_npz: Path | None) -> RunConfig:
     fields = preset_overrides("paper")
-    fields.update(steps=rounds, batch_size=16 if args.tiny else fields["batch_size"])
+    fields.update(steps=rounds, batch_size=16 if args.tiny else fields["batch_size"], compile=args.compile)
     return RunConfig(
         out_dir=str(out), preset="paper", teacher=TeacherConfig(path=str(teacher)),
         student=StudentConfig(name=args.student), device=args.device, seed=args.seed, export_onnx=False,
@@ -58,10 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-teacher", action="store_true", help="train the teacher now even where one is kept")
     p.add_argument("--teacher-arch", default="wrn_40_2")
     p.add_argument("--teacher-epochs", type=int, default=40)
+    p.add_argument("--teacher-batch-size", type=int, default=128)
+    p.add_argument("--teacher-lr", type=float, default=0.1, help="the teacher's one-cycle peak")
     p.add_argument("--student", default="wrn_16_1")
     p.add_argument("--minutes", type=float, default=10.0, help="GPU minutes for the distillation (the target's budget)")
     p.add_argument("--deadline-minutes", type=float, help="the whole script's time: the distillation gets what is left")
     p.add_argument("--eval-points", type=int, default=10)
+    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="compile the distillation's training steps (torch.compile, default backend inductor)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="CIFAR-10 archive or folder (default ../shared/datasets/cifar10-jpeg.tar.gz)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -102,7 +107,8 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
         teacher = kept
     if teacher is None:
         teacher = args.work_dir / kept.name if args.tiny else kept
-        teacher_args = argparse.Namespace(arch=args.teacher_arch, epochs=args.teacher_epochs, lr=0.1, seed=args.seed,
+        teacher_args = argparse.Namespace(arch=args.teacher_arch, epochs=args.teacher_epochs, lr=args.teacher_lr,
+                                          batch_size=args.teacher_batch_size, seed=args.seed,
                                           data=args.data, download=False, device=args.device, out=str(teacher))
         train_teacher(teacher_args, data, command)
     elif not teacher.is_file():
@@ -136,7 +142,7 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
         "batch_size": report["batch_size"], "selected_round": report["selection"]["best_step"],
         "curve": [[h["step"], h.get("accuracy")] for h in report["history"]],
         "distill_seconds": report["wall_seconds"], "gpu_minutes": report["wall_seconds"] / 60,
-        "images_per_second": report["images_per_second"],
+        "images_per_second": report["images_per_second"], "compile": report["compile"],
     }
     result["wall_seconds"] = time.time() - started
     save()

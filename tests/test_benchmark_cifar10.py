@@ -40,15 +40,32 @@ def test_bad_contender_is_a_clear_error(tmp_path, capsys):
     assert "unknown contenders" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--epochs", "0", "the teacher's epochs must be positive, got 0"),
+    ("--batch-size", "-8", "the teacher's batch size must be positive, got -8"),
+    ("--lr", "0", "the teacher's learning rate must be positive, got 0.0"),
+])
+def test_bad_teacher_recipe_is_a_clear_error(tmp_path, capsys, option, value, message):
+    """Refused before the data is read, as one line and exit 2 (an epoch count of 0 used to end in a scheduler traceback)."""
+    assert main(["teacher", option, value, "--out", str(tmp_path / "t.pth")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "t.pth").exists()
+
+
 def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(tmp_path):
-    """`python -m benchmarks.cifar10_gpu --tiny`: the GPU target's script end to end on the CPU (a 2 % subset)."""
+    """`python -m benchmarks.cifar10_gpu --tiny`: the GPU target's script end to end on the CPU (a 2 % subset), with
+    the options a lease tunes: the teacher's batch and peak learning rate, and compiled training steps (the `eager`
+    backend here, which needs no compiler)."""
     from benchmarks.cifar10_gpu import TRIAL_ROUNDS
     from benchmarks.cifar10_gpu import main as gpu_main
 
     out = tmp_path / "gpu.json"
-    assert gpu_main(["--tiny", "--minutes", "0.2", "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    assert gpu_main(["--tiny", "--minutes", "0.2", "--teacher-batch-size", "50", "--teacher-lr", "0.05", "--compile", "eager",
+                     "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["teacher"]["arch"] == "resnet14" and 0 <= result["teacher"]["accuracy"]["full"] <= 1
+    assert (result["teacher"]["batch_size"], result["teacher"]["lr"]) == (50, 0.05)
+    assert result["student"]["compile"] == "training steps compiled with torch.compile (eager)"
     assert (tmp_path / "work" / "cifar10_resnet14.pth").is_file()
     student = result["student"]
     assert student["arch"] == "resnet8" and student["ratio"] < 1
