@@ -7,6 +7,7 @@ references only; `test/` is for reporting only.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -45,11 +46,37 @@ def load_cifar10(data: str | None, download: bool = False) -> LabelledData:
     return load_dataset(str(source), None, False, 32, 3)
 
 
+def _epochs_within(minutes: float, model: nn.Module, train: Split, args: argparse.Namespace, device: torch.device) -> int:
+    """How many epochs of the recipe fit in `minutes` here (at most --epochs), timed on a throwaway copy.
+
+    The one-cycle schedule needs its length up front, and a GPU lease's call is cut off at a hard limit, so the
+    budget must become epochs before training starts. Two runs of 10 and 60 steps are timed after an untimed one
+    (cuDNN's autotuning); their difference is 50 steps without the per-run set-up. The timing's own seconds come
+    out of the budget.
+    """
+    tic = time.perf_counter()
+
+    def seconds(steps: int) -> float:
+        tic = time.perf_counter()
+        train_classifier(copy.deepcopy(model), train, CIFAR_MEAN, CIFAR_STD, steps=steps, batch_size=args.batch_size,
+                         lr=args.lr, pad=4, flip=True, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - tic
+
+    seconds(10)
+    per_step = max(1e-6, (seconds(60) - seconds(10)) / 50)
+    per_epoch = per_step * max(1, len(train.labels) // args.batch_size)
+    left = 60 * minutes - (time.perf_counter() - tic)
+    return max(1, min(args.epochs, int(0.95 * left / per_epoch)))
+
+
 def train_teacher(args: argparse.Namespace, data: LabelledData | None = None, command: str | None = None) -> int:
     """The benchmark teacher's recipe (SGD, one-cycle, crop and flip; batch 128 by default, larger on a GPU, where
     the steps are bound by kernel launches, not arithmetic); `data` spares a second load,
     `command` is what the teacher's JSON records as having made it (default: this module's own command line)."""
-    for name, value in (("epochs", args.epochs), ("batch size", args.batch_size), ("learning rate", args.lr)):
+    checks = [("epochs", args.epochs), ("batch size", args.batch_size), ("learning rate", args.lr)]
+    for name, value in checks + ([("time budget in minutes", args.minutes)] if args.minutes is not None else []):
         if not value > 0:
             raise CompressorError(f"the teacher's {name} must be positive, got {value}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -68,7 +95,11 @@ def train_teacher(args: argparse.Namespace, data: LabelledData | None = None, co
         log_lines.append(stamp)
 
     started = time.time()
-    train_classifier(model, data.train, CIFAR_MEAN, CIFAR_STD, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    epochs = args.epochs
+    if args.minutes is not None:
+        epochs = _epochs_within(args.minutes, model, data.train, args, device)
+        log(f"{epochs} epochs fit in {args.minutes:g} min (at most {args.epochs})")
+    train_classifier(model, data.train, CIFAR_MEAN, CIFAR_STD, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
                      weight_decay=5e-4, pad=4, flip=True, seed=args.seed, device=device, log=log)
     top1, _, _ = evaluate_splits(model, data.test, split_idx, CIFAR_MEAN, CIFAR_STD, device)
     wall = time.time() - started
@@ -77,7 +108,7 @@ def train_teacher(args: argparse.Namespace, data: LabelledData | None = None, co
     out = Path(args.out) if args.out else TEACHER_DIR / f"cifar10_{args.arch}.pth"
     torch.save(model.cpu().state_dict(), out)
     info = {
-        "arch": args.arch, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+        "arch": args.arch, "epochs": epochs, "minutes": args.minutes, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
         "accuracy": top1, "params": sum(p.numel() for p in model.parameters()), "wall_seconds": wall,
         "device": device_name(device), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "date": date.today().isoformat(), "command": command or "python -m benchmarks.cifar10 " + " ".join(sys.argv[1:]),
@@ -282,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("teacher", help="train the benchmark teacher on train/")
     t.add_argument("--arch", default="resnet20")
-    t.add_argument("--epochs", type=int, default=25)
+    t.add_argument("--epochs", type=int, default=25, help="the schedule's length (with --minutes: its longest)")
+    t.add_argument("--minutes", type=float, help="fit the epochs to this wall time, timed on this device first")
     t.add_argument("--lr", type=float, default=0.1, help="the one-cycle schedule's peak")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,7 @@
 """Issue 14's GPU target: a CIFAR-10 WRN-40-2 teacher compressed to a WRN-16-1 within a budget of GPU minutes.
 
-    python -m benchmarks.cifar10_gpu [--teacher PATH | --train-teacher --teacher-epochs 40] [--minutes 10] [--deadline-minutes 9.5]
-                                     [--compile inductor]
+    python -m benchmarks.cifar10_gpu [--teacher PATH | --train-teacher --teacher-epochs 40 [--teacher-minutes M]]
+                                     [--minutes 10] [--deadline-minutes 9.5] [--compile inductor]
     python -m benchmarks.cifar10_gpu --tiny      # small shapes on the CPU: what the test suite runs
 
 Published reference for the pair (../shared/METHODS.md): Fast-10 89.29 % in 0.15 GPU-hours, CMI 90.01 % in 13.3.
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", type=Path, help="a trained teacher (default: the kept one where present, else train one now)")
     p.add_argument("--train-teacher", action="store_true", help="train the teacher now even where one is kept")
     p.add_argument("--teacher-arch", default="wrn_40_2")
-    p.add_argument("--teacher-epochs", type=int, default=40)
+    p.add_argument("--teacher-epochs", type=int, default=40, help="with --teacher-minutes: the most")
+    p.add_argument("--teacher-minutes", type=float, help="fit the teacher's epochs to this wall time")
     p.add_argument("--teacher-batch-size", type=int, default=128)
     p.add_argument("--teacher-lr", type=float, default=0.1, help="the teacher's one-cycle peak")
     p.add_argument("--student", default="wrn_16_1")
@@ -108,7 +109,7 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     if teacher is None:
         teacher = args.work_dir / kept.name if args.tiny else kept
         teacher_args = argparse.Namespace(arch=args.teacher_arch, epochs=args.teacher_epochs, lr=args.teacher_lr,
-                                          batch_size=args.teacher_batch_size, seed=args.seed,
+                                          batch_size=args.teacher_batch_size, minutes=args.teacher_minutes, seed=args.seed,
                                           data=args.data, download=False, device=args.device, out=str(teacher))
         train_teacher(teacher_args, data, command)
     elif not teacher.is_file():

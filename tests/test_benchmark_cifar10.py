@@ -44,6 +44,7 @@ def test_bad_contender_is_a_clear_error(tmp_path, capsys):
     ("--epochs", "0", "the teacher's epochs must be positive, got 0"),
     ("--batch-size", "-8", "the teacher's batch size must be positive, got -8"),
     ("--lr", "0", "the teacher's learning rate must be positive, got 0.0"),
+    ("--minutes", "0", "the teacher's time budget in minutes must be positive, got 0.0"),
 ])
 def test_bad_teacher_recipe_is_a_clear_error(tmp_path, capsys, option, value, message):
     """Refused before the data is read, as one line and exit 2 (an epoch count of 0 used to end in a scheduler traceback)."""
@@ -60,11 +61,13 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     from benchmarks.cifar10_gpu import main as gpu_main
 
     out = tmp_path / "gpu.json"
-    assert gpu_main(["--tiny", "--minutes", "0.2", "--teacher-batch-size", "50", "--teacher-lr", "0.05", "--compile", "eager",
+    assert gpu_main(["--tiny", "--minutes", "0.2", "--teacher-batch-size", "50", "--teacher-lr", "0.05", "--teacher-minutes", "1",
+                     "--compile", "eager",
                      "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["teacher"]["arch"] == "resnet14" and 0 <= result["teacher"]["accuracy"]["full"] <= 1
-    assert (result["teacher"]["batch_size"], result["teacher"]["lr"]) == (50, 0.05)
+    teacher = result["teacher"]
+    assert (teacher["batch_size"], teacher["lr"], teacher["minutes"], teacher["epochs"]) == (50, 0.05, 1, 1)  # --tiny: 1 epoch at most
     assert result["student"]["compile"] == "training steps compiled with torch.compile (eager)"
     assert (tmp_path / "work" / "cifar10_resnet14.pth").is_file()
     student = result["student"]
@@ -73,3 +76,22 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     expected = max(TRIAL_ROUNDS, int(0.95 * 0.2 * 60 / result["trial"]["seconds_per_round"]))
     assert student["rounds"] == expected and student["student_updates"] == 10 * expected
     assert [step for step, _ in student["curve"]][-1] == expected and all(0 <= a <= 1 for _, a in student["curve"])
+
+
+def test_teacher_epochs_are_fitted_to_a_time_budget():
+    """`teacher --minutes`: the epochs that fit, timed on this machine, never more than --epochs and never none."""
+    import argparse
+
+    import torch
+
+    from benchmarks.cifar10 import _epochs_within
+    from compressor.data import Split
+    from compressor.models import create_model
+
+    g = torch.Generator().manual_seed(0)
+    train = Split(torch.rand(256, 3, 32, 32, generator=g), torch.randint(0, 10, (256,), generator=g))
+    model = create_model("resnet8", num_classes=10)
+    args = argparse.Namespace(epochs=7, batch_size=32, lr=0.1)
+    cpu = torch.device("cpu")
+    assert _epochs_within(1e-4, model, train, args, cpu) == 1  # a budget shorter than one epoch still trains one
+    assert _epochs_within(60.0, model, train, args, cpu) == 7  # an hour's budget is capped by --epochs
