@@ -54,7 +54,7 @@ def _epochs_within(minutes: float, model: nn.Module, train: Split, args: argpars
     (cuDNN's autotuning); their difference is 50 steps without the per-run set-up. The timing's own seconds come
     out of the budget.
     """
-    tic = time.perf_counter()
+    began = time.perf_counter()
 
     def seconds(steps: int) -> float:
         tic = time.perf_counter()
@@ -67,7 +67,7 @@ def _epochs_within(minutes: float, model: nn.Module, train: Split, args: argpars
     seconds(10)
     per_step = max(1e-6, (seconds(60) - seconds(10)) / 50)
     per_epoch = per_step * max(1, len(train.labels) // args.batch_size)
-    left = 60 * minutes - (time.perf_counter() - tic)
+    left = 60 * minutes - (time.perf_counter() - began)
     return max(1, min(args.epochs, int(0.95 * left / per_epoch)))
 
 
