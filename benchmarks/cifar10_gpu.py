@@ -2,6 +2,7 @@
 
     python -m benchmarks.cifar10_gpu [--teacher PATH | --train-teacher --teacher-epochs 40 [--teacher-minutes M]]
                                      [--minutes 10] [--deadline-minutes 9.5] [--compile inductor]
+                                     [--method '{"diversity_weight": 0}'] [--eval-on val]
     python -m benchmarks.cifar10_gpu --tiny      # small shapes on the CPU: what the test suite runs
 
 Published reference for the pair (../shared/METHODS.md): Fast-10 89.29 % in 0.15 GPU-hours, CMI 90.01 % in 13.3.
@@ -14,8 +15,10 @@ Published reference for the pair (../shared/METHODS.md): Fast-10 89.29 % in 0.15
    the run then gets as many rounds as fit the budget (the cosine schedule needs its length up front, so the
    budget becomes rounds).
    The budget is --minutes, or what --deadline-minutes (the whole script's) leaves after the teacher, if less.
-3. The distillation itself: the default method, the `paper` preset (batch 256, SGD 0.1, cosine), student
-   `--student-arch wrn_16_1`, model selection data-free (synthetic agreement), test/ for reporting only.
+3. The distillation itself: the default method (its settings changed by --method, a JSON object of
+   MethodSettings fields), the `paper` preset (batch 256, SGD 0.1, cosine), student `--student-arch wrn_16_1`,
+   model selection data-free (synthetic agreement). test/ is for reporting only: a lease that compares settings
+   runs them with --eval-on val (benchmarks.cifar10_probe's validation split, held out of train/) and decides on that.
 
 Writes benchmarks/results/cifar10_gpu.json (or --out) after each stage, so a run cut off still leaves its teacher.
 """
@@ -30,9 +33,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from benchmarks.cifar10 import TEACHER_DIR, load_cifar10, npz_of, per_class_subset, train_teacher
-from compressor.config import EvalConfig, RunConfig, StudentConfig, TeacherConfig, preset_overrides
+from benchmarks.cifar10_probe import validation_split
+from compressor.config import EvalConfig, MethodSettings, RunConfig, StudentConfig, TeacherConfig, preset_overrides
 from compressor.data import LabelledData
 from compressor.distill import device_name, resolve_device, run
 from compressor.errors import CompressorError
@@ -42,13 +47,14 @@ WARM_UP_ROUNDS = 5
 TRIAL_ROUNDS = 40
 
 
-def distill_config(args, teacher: Path, out: Path, rounds: int, test_npz: Path | None) -> RunConfig:
+def distill_config(args, teacher: Path, out: Path, rounds: int, eval_npz: Path | None) -> RunConfig:
     fields = preset_overrides("paper")
     fields.update(steps=rounds, batch_size=16 if args.tiny else fields["batch_size"], compile=args.compile)
     return RunConfig(
         out_dir=str(out), preset="paper", teacher=TeacherConfig(path=str(teacher)),
-        student=StudentConfig(name=args.student), device=args.device, seed=args.seed, export_onnx=False,
-        eval=EvalConfig(dataset=str(test_npz) if test_npz else None, eval_every=max(1, rounds // args.eval_points)),
+        student=StudentConfig(name=args.student), method=args.method, device=args.device, seed=args.seed,
+        export_onnx=False,
+        eval=EvalConfig(dataset=str(eval_npz) if eval_npz else None, eval_every=max(1, rounds // args.eval_points)),
         **fields,
     )
 
@@ -68,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-points", type=int, default=10)
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                    help="compile the distillation's training steps (torch.compile, default backend inductor)")
+    p.add_argument("--method", default="{}", metavar="JSON",
+                   help="the default method's settings that differ, e.g. '{\"student_steps\": 30}' (MethodSettings fields)")
+    p.add_argument("--eval-on", choices=["test", "val"], default="test",
+                   help="what the curve and the student's figure are measured on: val (held out of train/) to compare settings")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="CIFAR-10 archive or folder (default ../shared/datasets/cifar10-jpeg.tar.gz)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -80,10 +90,26 @@ def main(argv: list[str] | None = None) -> int:
         args.teacher_arch, args.student, args.teacher_epochs, args.device = "resnet14", "resnet8", 1, "cpu"
         args.eval_points = 2
     try:
+        args.method = method_settings(args.method)
         return _benchmark(args, started, argv)
     except CompressorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def method_settings(text: str) -> MethodSettings:
+    """--method as validated settings, refused as one line before any data is read or device time is spent."""
+    try:
+        fields = json.loads(text)
+    except ValueError as exc:
+        raise CompressorError(f"--method must be a JSON object: {exc}") from None
+    if not isinstance(fields, dict):
+        raise CompressorError("--method must be a JSON object, e.g. '{\"diversity_weight\": 0}'")
+    try:
+        return MethodSettings(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CompressorError(f"--method: {'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
 
 
 def _benchmark(args, started: float, argv: list[str] | None) -> int:
@@ -119,7 +145,8 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     result["teacher"].pop("log", None)
     save()
 
-    test_npz = npz_of(data.test, data.class_names, args.work_dir / "test.npz")
+    evaluated = validation_split(data.train) if args.eval_on == "val" else data.test
+    eval_npz = npz_of(evaluated, data.class_names, args.work_dir / f"{args.eval_on}.npz")
     # A few rounds first, so that cuDNN's autotuning and the first allocations are behind us: timed together with
     # the trial they made one H200 trial read 696 ms per round where the run then took 349.
     run(distill_config(args, teacher, args.work_dir / "warm-up", WARM_UP_ROUNDS, None), quiet=True)
@@ -135,10 +162,11 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     result["trial"] = {"rounds": TRIAL_ROUNDS, "seconds_per_round": seconds_per_round}
     save()
 
-    report = run(distill_config(args, teacher, args.work_dir / "run", rounds, test_npz), quiet=True).report
+    report = run(distill_config(args, teacher, args.work_dir / "run", rounds, eval_npz), quiet=True).report
     student = report["student"]
     result["student"] = {
-        "arch": student["arch"], "params": student["params"], "accuracy": student["accuracy"],
+        "arch": student["arch"], "params": student["params"], "accuracy": student["accuracy"], "evaluated_on": args.eval_on,
+        "method": args.method.model_dump(exclude_unset=True),
         "ratio": report["ratio"], "rounds": rounds, "student_updates": report["student_updates"],
         "batch_size": report["batch_size"], "selected_round": report["selection"]["best_step"],
         "curve": [[h["step"], h.get("accuracy")] for h in report["history"]],
@@ -149,7 +177,8 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     save()
     t_acc = result["teacher"].get("accuracy", {}).get("full")
     print(f"teacher {args.teacher_arch}: {100 * t_acc:.2f} %" if t_acc is not None else "teacher: accuracy unknown")
-    print(f"student {student['arch']} ({student['params']:,} params): {100 * student['accuracy']['full']:.2f} % on test/ "
+    where = "test/" if args.eval_on == "test" else "the validation split"
+    print(f"student {student['arch']} ({student['params']:,} params): {100 * student['accuracy']['full']:.2f} % on {where} "
           f"after {rounds} rounds in {report['wall_seconds'] / 60:.1f} min on {result['device']}; written {args.out}")
     return 0
 

@@ -25,16 +25,20 @@ from compressor.data import Split, stratified_subset
 VALIDATION_SEED = 2026
 
 
+def validation_split(train: Split) -> Split:
+    """The validation split: a seeded, stratified 10 % of train/ (the same images for every script that tunes)."""
+    idx = stratified_subset(train.labels, 0.1, seed=VALIDATION_SEED)
+    return Split(train.images[idx], train.labels[idx])
+
+
 def validation_npz(path: Path, data: str | None) -> Path:
-    """The validation split: a seeded, stratified 10 % of train/, written once as an .npz the compressor can read."""
+    """The validation split, written once as an .npz the compressor can read."""
     if not path.exists():
         cifar = load_cifar10(data)
-        train = cifar.train
-        if train is None:
+        if cifar.train is None:
             raise SystemExit("error: the CIFAR-10 source has no train/ split to hold a validation split out of")
-        idx = stratified_subset(train.labels, 0.1, seed=VALIDATION_SEED)
         path.parent.mkdir(parents=True, exist_ok=True)
-        npz_of(Split(train.images[idx], train.labels[idx]), cifar.class_names, path)
+        npz_of(validation_split(cifar.train), cifar.class_names, path)
     return path
 
 

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.cifar10 import DEFAULT_ARCHIVE, main
@@ -55,14 +56,14 @@ def test_bad_teacher_recipe_is_a_clear_error(tmp_path, capsys, option, value, me
 
 def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(tmp_path):
     """`python -m benchmarks.cifar10_gpu --tiny`: the GPU target's script end to end on the CPU (a 2 % subset), with
-    the options a lease tunes: the teacher's batch and peak learning rate, and compiled training steps (the `eager`
-    backend here, which needs no compiler)."""
+    the options a lease tunes: the teacher's batch and peak learning rate, compiled training steps (the `eager`
+    backend here, which needs no compiler), the method's settings, and the validation split to compare them on."""
     from benchmarks.cifar10_gpu import TRIAL_ROUNDS
     from benchmarks.cifar10_gpu import main as gpu_main
 
     out = tmp_path / "gpu.json"
     assert gpu_main(["--tiny", "--minutes", "0.2", "--teacher-batch-size", "50", "--teacher-lr", "0.05", "--teacher-minutes", "1",
-                     "--compile", "eager",
+                     "--compile", "eager", "--method", '{"student_steps": 3, "diversity_weight": 0}', "--eval-on", "val",
                      "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["teacher"]["arch"] == "resnet14" and 0 <= result["teacher"]["accuracy"]["full"] <= 1
@@ -74,7 +75,14 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     assert student["arch"] == "resnet8" and student["ratio"] < 1
     # The rounds follow from the measured seconds per round and the budget (never fewer than the trial's).
     expected = max(TRIAL_ROUNDS, int(0.95 * 0.2 * 60 / result["trial"]["seconds_per_round"]))
-    assert student["rounds"] == expected and student["student_updates"] == 10 * expected
+    assert student["rounds"] == expected and student["student_updates"] == 3 * expected  # --method's k, not the default 10
+    assert student["method"] == {"student_steps": 3, "diversity_weight": 0}
+    # The curve was measured on the validation split (10 % of the 1,000-image train subset), test/ never written.
+    assert student["evaluated_on"] == "val" and not (tmp_path / "work" / "test.npz").exists()
+    with np.load(tmp_path / "work" / "val.npz") as val:
+        assert len(val["labels"]) == 100 and sorted(np.bincount(val["labels"])) == [10] * 10
+    run_config = json.loads((tmp_path / "work" / "run" / "config.json").read_text())
+    assert run_config["method"]["diversity_weight"] == 0 and run_config["eval"]["dataset"].endswith("val.npz")
     assert [step for step, _ in student["curve"]][-1] == expected and all(0 <= a <= 1 for _, a in student["curve"])
 
 
@@ -95,3 +103,19 @@ def test_teacher_epochs_are_fitted_to_a_time_budget():
     cpu = torch.device("cpu")
     assert _epochs_within(1e-4, model, train, args, cpu) == 1  # a budget shorter than one epoch still trains one
     assert _epochs_within(60.0, model, train, args, cpu) == 7  # an hour's budget is capped by --epochs
+
+
+@pytest.mark.parametrize("method, message", [
+    ("nope", "--method must be a JSON object: Expecting value: line 1 column 1 (char 0)"),
+    ("[1]", "--method must be a JSON object, e.g. '{\"diversity_weight\": 0}'"),
+    ('{"diversity_weight": -1}', "--method: diversity_weight: Input should be greater than or equal to 0"),
+    ('{"colour": 1}', "--method: colour: Extra inputs are not permitted"),
+])
+def test_bad_gpu_method_settings_are_a_clear_error(tmp_path, capsys, method, message):
+    """Refused as one line and exit 2 before the data is read: on a lease, before any device time is spent."""
+    from benchmarks.cifar10_gpu import main as gpu_main
+
+    out = tmp_path / "gpu.json"
+    assert gpu_main(["--tiny", "--method", method, "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not out.exists()
