@@ -79,6 +79,7 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     assert student["method"] == {"student_steps": 3, "diversity_weight": 0}
     # The curve was measured on the validation split (10 % of the 1,000-image train subset), test/ never written.
     assert student["evaluated_on"] == "val" and not (tmp_path / "work" / "test.npz").exists()
+    assert list(student["accuracy"]) == ["full"]
     with np.load(tmp_path / "work" / "val.npz") as val:
         assert len(val["labels"]) == 100 and sorted(np.bincount(val["labels"])) == [10] * 10
     run_config = json.loads((tmp_path / "work" / "run" / "config.json").read_text())
