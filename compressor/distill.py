@@ -575,14 +575,17 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             distributed.broadcast_module(student, buffers_only=True)  # every rank: the same student, buffers too
             sched_s.step()
             sched_g.step()
+            done = step + 1
+            evaluates = done % cfg.eval.eval_every == 0 or done == cfg.steps
+            if evaluates and device.type == "cuda":
+                torch.cuda.synchronize(device)  # the round's queued kernels are training time, not evaluation's
             synth_time += time.time() - tic
 
-            done = step + 1
             record = {"step": done, "lr": sched_s.get_last_lr()[0]}
             pending.append((record, logs))
 
             # 3. Evaluation, selection and checkpoint, every eval_every steps and at the end (rank 0 only).
-            if (done % cfg.eval.eval_every == 0 or done == cfg.steps) and is_main:
+            if evaluates and is_main:
                 if cfg.eval.select_on == "val":
                     preds = predict_logits(student, val_images, device).argmax(1)
                     score = (preds == val_labels).float().mean().item()
@@ -615,7 +618,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                 history.append(eval_record)
                 record["eval"] = eval_record
                 flush_metrics()
-            if done % cfg.eval.eval_every == 0 or done == cfg.steps:
+            if evaluates:
                 state = gathered_state(done)
                 if is_main:
                     writer.save([ckpt_dir / "last.pt", *([ckpt_dir / "best.pt"] if best_step == done else [])], state)
@@ -725,8 +728,9 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         "images_synthesised": synthesised if start_step == 0 else None,
         "images_per_second": synthesised / max(synth_time, 1e-9) if start_step == 0 else None,
         "wall_seconds": wall,
+        # train: the rounds' own work; the rest of the loop's time is evaluations, selection and checkpoints
         "timing": {"setup_seconds": loop_started - started, "loop_seconds": loop_ended - loop_started,
-                   "finish_seconds": time.time() - loop_ended},
+                   "train_seconds": synth_time, "finish_seconds": time.time() - loop_ended},
         "device": describe_devices(devices),
         "world_size": world.size,  # processes (torchrun ranks); batch_size is the global batch across them
         "dataset": cfg.eval.dataset,

@@ -73,8 +73,11 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     assert (tmp_path / "work" / "cifar10_resnet14.pth").is_file()
     student = result["student"]
     assert student["arch"] == "resnet8" and student["ratio"] < 1
-    # The rounds follow from the measured seconds per round and the budget (never fewer than the trial's).
-    expected = max(TRIAL_ROUNDS, int(0.95 * 0.2 * 60 / result["trial"]["seconds_per_round"]))
+    # The rounds follow from the budget less --tiny's 2 + 1 evaluations, at the trial's measured seconds per round
+    # and per evaluation (never fewer rounds than the trial's).
+    trial = result["trial"]
+    assert trial["seconds_per_round"] > 0 and trial["seconds_per_evaluation"] > 0
+    expected = max(TRIAL_ROUNDS, int((0.95 * 0.2 * 60 - 3 * trial["seconds_per_evaluation"]) / trial["seconds_per_round"]))
     assert student["rounds"] == expected and student["student_updates"] == 3 * expected  # --method's k, not the default 10
     assert student["method"] == {"student_steps": 3, "diversity_weight": 0}
     # The curve was measured on the validation split (10 % of the 1,000-image train subset), test/ never written.

@@ -154,7 +154,12 @@ def test_compiled_training_steps_train_the_same_and_a_failed_compile_falls_back(
 
 
 def test_metrics_carry_losses_every_step_and_evaluations_at_eval_steps(tmp_path):
-    run(_tiny_config(tmp_path, "metrics", steps=4, dataset="digits"), quiet=True)
+    report = run(_tiny_config(tmp_path, "metrics", steps=4, dataset="digits"), quiet=True).report
+    # The rounds' own time is told apart from the loop's evaluations and checkpoints (what a time budget is
+    # planned on), and the synthesis rate is measured on it.
+    timing = report["timing"]
+    assert 0 < timing["train_seconds"] < timing["loop_seconds"]
+    assert report["images_per_second"] == pytest.approx(report["images_synthesised"] / timing["train_seconds"])
     records = [json.loads(x) for x in (tmp_path / "metrics" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all({"s_loss", "g_bn", "lr"} <= set(r) for r in records)
