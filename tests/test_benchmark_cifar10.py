@@ -1,6 +1,5 @@
 """`python -m benchmarks.cifar10 run --quick` on the real CIFAR-10 archive: result files, schema, and default > dfad."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
