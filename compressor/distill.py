@@ -207,13 +207,16 @@ def trial_round(synthesis_loss, distillation_loss, student: nn.Module, generator
     rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
     try:
         z = torch.randn(n, noise_dim, device=device)
+        student.requires_grad_(False)  # as in a round (and so what --compile traces here is what the loop runs)
         with amp():
             images, loss_g, _ = synthesis_loss(z)
         loss_g.backward()
+        student.requires_grad_(True)
         with amp():
             loss_s, _ = distillation_loss(SynthBatch(z, images.detach()))
         loss_s.backward()
     finally:
+        student.requires_grad_(True)
         for m, state in zip((student, generator), saved):
             m.load_state_dict(state)
             m.zero_grad(set_to_none=True)

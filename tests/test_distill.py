@@ -153,6 +153,18 @@ def test_compiled_training_steps_train_the_same_and_a_failed_compile_falls_back(
             assert all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5) for k in a if k != "eval"), (name, a, b)
 
 
+def test_compiled_steps_are_traced_once_while_the_diversity_bank_fills(tmp_path, monkeypatch):
+    """The shapes a compiled round sees stay the same from the warm-up on: a diversity bank that grew with every
+    stored batch recompiled the synthesis step each round until dynamo's limit (8) sent it back to eager for
+    good, on a GPU after 8 of the 16 rounds a 4,096-image bank takes to fill. Here any recompilation is an error."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    cfg = _tiny_config(tmp_path, "static", steps=10, diversity_weight=1.0, diversity_bank=40)  # full after 3 rounds of 16
+    report = run(cfg.model_copy(update={"compile": "eager"}), quiet=True).report
+    assert report["compile"] == "training steps compiled with torch.compile (eager)"
+    assert report["student_updates"] == 20
+
+
 def test_metrics_carry_losses_every_step_and_evaluations_at_eval_steps(tmp_path):
     report = run(_tiny_config(tmp_path, "metrics", steps=4, dataset="digits"), quiet=True).report
     # The rounds' own time is told apart from the loop's evaluations and checkpoints (what a time budget is

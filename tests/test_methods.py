@@ -166,13 +166,22 @@ def test_diversity_term_pushes_the_generator_and_banks_the_stored_features(tmp_p
     assert torch.isclose(loss - without, logs["g_repulsion"], atol=1e-4)  # the term is in what the generator minimises
     loss.backward()
     assert all(p.grad is not None for p in gen.parameters() if p.requires_grad)
-    for _ in range(3):
+    # The bank has its full shape from the start (static shapes for --compile); a mask says which rows hold images.
+    assert method.feature_bank.shape == (20, 64) and not method.bank_filled.any()
+    method.store(gen(torch.randn(8, 16)).detach())
+    assert method.feature_bank.shape == (20, 64) and method.bank_filled.sum() == 8 and method.banked().shape == (8, 64)
+    # The empty rows count for nothing: the term is what it is against the 8 stored images alone.
+    _, half = method.generator_loss(SynthBatch(z, images))
+    from compressor.methods.losses import feature_repulsion
+    others = torch.cat([torch.nn.functional.normalize(method.features.last.float(), dim=1), method.banked()])
+    assert torch.isclose(half["g_repulsion"], feature_repulsion(method.features.last, others, settings.diversity_temperature), atol=1e-5)
+    for _ in range(2):
         method.store(gen(torch.randn(8, 16)).detach())
-    assert method.feature_bank.shape == (20, 64)  # the latest 20 of 24 stored images
+    assert method.bank_filled.all()  # the latest 20 of 24 stored images
     assert torch.allclose(method.feature_bank.norm(dim=1), torch.ones(20), atol=1e-5)
     again = create_method("default", method.teacher, method.student, gen, settings, tmp_path)
     again.load_state_dict(method.state_dict())
-    assert torch.equal(again.feature_bank, method.feature_bank)
+    assert torch.equal(again.feature_bank, method.feature_bank) and torch.equal(again.bank_filled, method.bank_filled)
 
 
 def test_a_teacher_without_batchnorm_or_linear_layers_is_told_which_terms_are_off(tmp_path):

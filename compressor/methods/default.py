@@ -41,7 +41,11 @@ class DefaultMethod(Method):
         self.bn_stats = BatchNormStatistics(teacher)
         self.pool = SyntheticPool(settings.pool_size, workdir / "pool.u8", next(student.parameters()).device)
         self.features = PenultimateFeatures(teacher) if settings.diversity_weight > 0 else None
-        self.feature_bank = torch.empty(0, device=next(teacher.parameters()).device)  # normalised features of the latest stored images
+        # Normalised features of the latest stored images, oldest first, in a bank of fixed shape whose mask says
+        # which rows are filled yet: the synthesis step then sees the same shapes every round (--compile).
+        device = next(teacher.parameters()).device
+        self.feature_bank = torch.zeros(settings.diversity_bank, self.features.dim if self.repels else 0, device=device)
+        self.bank_filled = torch.zeros(settings.diversity_bank, dtype=torch.bool, device=device)
 
     @property
     def repels(self) -> bool:
@@ -93,7 +97,9 @@ class DefaultMethod(Method):
             local = self.features.last
             batch_features = distributed.all_gather(F.normalize(local.detach().float(), dim=1))
             others = torch.cat([batch_features, self.feature_bank])
-            repulsion = feature_repulsion(local, others, s.diversity_temperature, offset=distributed.local_start(len(local)))
+            valid = torch.cat([torch.ones(len(batch_features), dtype=torch.bool, device=others.device), self.bank_filled])
+            repulsion = feature_repulsion(local, others, s.diversity_temperature, offset=distributed.local_start(len(local)),
+                                          valid=valid)
             loss = loss + s.diversity_weight * repulsion
             logs["g_repulsion"] = repulsion.detach()
         return loss, logs
@@ -104,7 +110,18 @@ class DefaultMethod(Method):
             with torch.no_grad():
                 self.teacher(images)
             new = F.normalize(self.features.last.float(), dim=1)
-            self.feature_bank = torch.cat([self.feature_bank.view(-1, new.shape[1]), new])[-self.settings.diversity_bank:]
+            self._bank(torch.cat([self.banked(), new]))
+
+    def banked(self) -> torch.Tensor:
+        """The bank's filled rows, oldest first (they are always its last rows)."""
+        return self.feature_bank[self.bank_filled]
+
+    def _bank(self, rows: torch.Tensor) -> None:
+        """Keep the latest `diversity_bank` of `rows` at the end of the bank, the rest of it empty."""
+        size = self.settings.diversity_bank
+        rows = rows[-size:].to(self.feature_bank.device)
+        self.feature_bank = torch.cat([self.feature_bank.new_zeros(size - len(rows), self.feature_bank.shape[1]), rows])
+        self.bank_filled = torch.arange(size, device=self.bank_filled.device) >= size - len(rows)
 
     def student_batch(self, batch_size: int) -> SynthBatch:
         s = self.settings
@@ -122,8 +139,9 @@ class DefaultMethod(Method):
         return loss, {"s_loss": loss.detach()}
 
     def state_dict(self) -> dict:
-        return {"pool": self.pool.state_dict(), "feature_bank": self.feature_bank}
+        return {"pool": self.pool.state_dict(), "feature_bank": self.banked()}
 
     def load_state_dict(self, state: dict) -> None:
         self.pool.load_state_dict(state["pool"])
-        self.feature_bank = state.get("feature_bank", torch.empty(0)).to(self.feature_bank.device)
+        rows = state.get("feature_bank")  # the filled rows, oldest first (checkpoints before the diversity term: none)
+        self._bank(rows.view(-1, self.feature_bank.shape[1]) if rows is not None and rows.numel() else self.feature_bank[:0])

@@ -79,17 +79,25 @@ class BatchNormStatistics:
         ]).sum()
 
 
-def feature_repulsion(features: torch.Tensor, others: torch.Tensor, temperature: float, offset: int = 0) -> torch.Tensor:
+def feature_repulsion(features: torch.Tensor, others: torch.Tensor, temperature: float, offset: int = 0,
+                      valid: torch.Tensor | None = None) -> torch.Tensor:
     """How close each image's feature lies to its nearest neighbours among `others` (the whole synthesis batch
     and a bank of earlier images, held fixed): the log-sum-exp of cosine similarities at `temperature`, the
     denominator of CMI's contrastive loss. Minimising it pushes new images away from what the pool already
-    holds. `features` are rows offset ... offset + n of `others` (an image is not its own neighbour)."""
+    holds. `features` are rows offset ... offset + n of `others` (an image is not its own neighbour).
+    `valid` (a mask over `others`) leaves out rows that hold nothing yet: a bank of fixed size, filling up, keeps
+    the shapes static, which `--compile` needs (a growing one recompiled the synthesis step every round)."""
     f = F.normalize(features.float(), dim=1)
     similarity = f @ others.to(f.device, f.dtype).T / temperature
+    if valid is None:
+        count = torch.tensor(float(len(others)), device=f.device)
+    else:
+        similarity = similarity.masked_fill(~valid, float("-inf"))
+        count = valid.sum().float()
     rows = torch.arange(len(f), device=f.device)
     similarity[rows, rows + offset] = float("-inf")
     # The mean over the global batch under torchrun (every rank logs the same value, and the gradient is exact).
-    return global_batch_mean(torch.logsumexp(similarity, dim=1) - math.log(max(1, len(others) - 1)))
+    return global_batch_mean(torch.logsumexp(similarity, dim=1) - torch.log((count - 1).clamp_min(1)))
 
 
 class PenultimateFeatures:
@@ -99,6 +107,7 @@ class PenultimateFeatures:
     def __init__(self, model: nn.Module) -> None:
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         self.found = bool(linears)
+        self.dim = linears[-1].in_features if linears else 0  # the width of each image's feature
         self.last: torch.Tensor | None = None
         if linears:
             linears[-1].register_forward_hook(self._hook)
