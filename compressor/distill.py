@@ -199,14 +199,14 @@ def accumulate_gradients(into: nn.Module, source: nn.Module) -> None:
 
 
 def trial_round(synthesis_loss, distillation_loss, student: nn.Module, generator: nn.Module, n: int, noise_dim: int,
-                device: torch.device, amp) -> None:
+                device: torch.device, amp, latent: bool = False) -> None:
     """One generator and one student forward/backward at batch n, for `--batch-size auto` and the `--compile`
     warm-up; every weight, batch-norm statistic and random state it touches is put back, so the run itself is
     unchanged."""
     saved = [copy.deepcopy(m.state_dict()) for m in (student, generator)]
     rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
     try:
-        z = torch.randn(n, noise_dim, device=device)
+        z = torch.randn(n, noise_dim, device=device).requires_grad_(latent)  # optimised noise (latent_lr), as in a round
         student.requires_grad_(False)  # as in a round (and so what --compile traces here is what the loop runs)
         with amp():
             images, loss_g, _ = synthesis_loss(z)
@@ -352,7 +352,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         return method.student_loss(batch)
 
     def trial(steps: tuple, n: int) -> None:
-        trial_round(*steps, student, round_generator, n, cfg.generator.noise_dim, device, amp)
+        trial_round(*steps, student, round_generator, n, cfg.generator.noise_dim, device, amp, latent=cfg.method.latent_lr > 0)
 
     batch_choice = None
     if cfg.batch_size == "auto":  # resolved once; config.json keeps the number, so a resume uses the same

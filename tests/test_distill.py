@@ -153,14 +153,16 @@ def test_compiled_training_steps_train_the_same_and_a_failed_compile_falls_back(
             assert all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5) for k in a if k != "eval"), (name, a, b)
 
 
-def test_compiled_steps_are_traced_once_while_the_diversity_bank_fills(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", [{}, {"latent_lr": 0.01}], ids=["default", "optimised-noise"])
+def test_compiled_steps_are_traced_once_while_the_diversity_bank_fills(tmp_path, method):
     """The shapes a compiled round sees stay the same from the warm-up on: a diversity bank that grew with every
     stored batch recompiled the synthesis step each round until dynamo's limit (8) sent it back to eager for
-    good, on a GPU after 8 of the 16 rounds a 4,096-image bank takes to fill. Here any recompilation is an error."""
+    good, on a GPU after 8 of the 16 rounds a 4,096-image bank takes to fill. Here any recompilation is an error;
+    the warm-up traces what a round runs, optimised noise (which requires gradients) included."""
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    cfg = _tiny_config(tmp_path, "static", steps=10, diversity_weight=1.0, diversity_bank=40)  # full after 3 rounds of 16
-    report = run(cfg.model_copy(update={"compile": "eager"}), quiet=True).report
+    cfg = _tiny_config(tmp_path, "static", steps=10, diversity_weight=1.0, diversity_bank=40, **method)  # full after 3 rounds
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        report = run(cfg.model_copy(update={"compile": "eager"}), quiet=True).report
     assert report["compile"] == "training steps compiled with torch.compile (eager)"
     assert report["student_updates"] == 20
 
