@@ -36,11 +36,11 @@ import torch
 from pydantic import ValidationError
 
 from benchmarks.cifar10 import TEACHER_DIR, load_cifar10, npz_of, per_class_subset, train_teacher
-from benchmarks.cifar10_probe import validation_split
+from benchmarks.cifar10_probe import json_object, validation_split
 from compressor.config import EvalConfig, MethodSettings, RunConfig, StudentConfig, TeacherConfig, preset_overrides
 from compressor.data import LabelledData
 from compressor.distill import device_name, resolve_device, run
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, first_problem
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cifar10_gpu.json"
 WARM_UP_ROUNDS = 5
@@ -99,17 +99,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def method_settings(text: str) -> MethodSettings:
     """--method as validated settings, refused as one line before any data is read or device time is spent."""
-    try:
-        fields = json.loads(text)
-    except ValueError as exc:
-        raise CompressorError(f"--method must be a JSON object: {exc}") from None
-    if not isinstance(fields, dict):
-        raise CompressorError("--method must be a JSON object, e.g. '{\"diversity_weight\": 0}'")
+    fields = json_object(text, "--method", '{"diversity_weight": 0}')
     try:
         return MethodSettings(**fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise CompressorError(f"--method: {'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
+        raise CompressorError(f"--method: {first_problem(exc)}") from None
 
 
 def _benchmark(args, started: float, argv: list[str] | None) -> int:
@@ -159,7 +153,7 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     budget = args.minutes * 60
     if args.deadline_minutes:
         # What the deadline leaves, less the set-up and the final evaluations the trial measured.
-        budget = min(budget, args.deadline_minutes * 60 - (time.time() - started) - 2 * trial["timing"]["setup_seconds"] - 15)
+        budget = min(budget, args.deadline_minutes * 60 - (time.time() - started) - 2 * timing["setup_seconds"] - 15)
     evaluations = args.eval_points + 1  # at most: every rounds // eval_points, and at the end
     rounds = max(TRIAL_ROUNDS, int((0.95 * budget - evaluations * seconds_per_evaluation) / seconds_per_round))
     print(f"[{time.time() - started:5.0f} s] {1000 * seconds_per_round:.0f} ms per round, "

@@ -21,6 +21,7 @@ from compressor.config import EvalConfig, RunConfig, StudentConfig, TeacherConfi
 from compressor.distill import run
 from benchmarks.cifar10 import TEACHER_DIR, npz_of, load_cifar10
 from compressor.data import Split, stratified_subset
+from compressor.errors import CompressorError, first_problem
 
 VALIDATION_SEED = 2026
 
@@ -40,6 +41,17 @@ def validation_npz(path: Path, data: str | None) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         npz_of(validation_split(cifar.train), cifar.class_names, path)
     return path
+
+
+def json_object(text: str, name: str, example: str) -> dict:
+    """A command-line JSON object (settings to change), refused as one line if it is not one."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CompressorError(f"{name} must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise CompressorError(f"{name} must be a JSON object, e.g. '{example}'")
+    return value
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -62,11 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-root", default="runs/probes")
     args = p.parse_args(argv)
     try:
-        overrides = json.loads(args.overrides)
-    except ValueError as exc:
-        p.error(f"overrides must be a JSON object: {exc}")
-    if not isinstance(overrides, dict):
-        p.error("overrides must be a JSON object, e.g. '{\"method\": {\"temperature\": 1}}'")
+        overrides = json_object(args.overrides, "overrides", '{"method": {"temperature": 1}}')
+    except CompressorError as exc:
+        p.error(str(exc))
     base = RunConfig(
         out_dir=f"{args.out_root}/{args.name}", teacher=TeacherConfig(path=str(TEACHER_DIR / "cifar10_resnet20.pth")),
         student=StudentConfig(ratio=args.ratio), eval=EvalConfig(dataset=str(validation_npz(Path(args.val_npz), args.data))),
@@ -75,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = RunConfig(**merge(merge(base, {"generator": {"width": 32}}), overrides))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        p.error(f"invalid override {'.'.join(str(x) for x in first['loc'])}: {first['msg']}")
+        p.error(f"invalid override {first_problem(exc)}")
     k_s = cfg.method.round[1]  # the update budget is fixed; rounds follow from k
     cfg.steps = max(1, args.updates // k_s)
     cfg.eval.eval_every = max(1, cfg.steps // 5)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from compressor import distributed
 from compressor.config import MethodSettings, RunConfig, TeacherConfig, preset_overrides
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, first_problem
 from export.cli import OneLineParser
 
 EXIT_USAGE = 2
@@ -187,9 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        print(f"error: invalid setting {where}: {first['msg']}", file=sys.stderr)
+        print(f"error: invalid setting {first_problem(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as exc:
         print(str(exc), file=sys.stderr)
