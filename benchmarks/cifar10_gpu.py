@@ -43,8 +43,16 @@ from compressor.distill import device_name, resolve_device, run
 from compressor.errors import CompressorError, first_problem
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cifar10_gpu.json"
-WARM_UP_ROUNDS = 5
-TRIAL_ROUNDS = 40
+# The warm-up and the trial are sized in student steps, not rounds: at k = 160 a 40-round trial would spend
+# minutes of a 15-minute lease timing what 8 rounds time as well. At the default k = 10 they stay 5 and 40 rounds.
+WARM_UP_STUDENT_STEPS, TRIAL_STUDENT_STEPS = 50, 400
+
+
+def warm_up_and_trial_rounds(student_steps: int) -> tuple[int, int]:
+    """Rounds for the warm-up (2 to 5) and the trial (8 to 40) at k student steps per round."""
+    def rounds(steps: int, least: int, most: int) -> int:
+        return min(most, max(least, -(-steps // student_steps)))
+    return rounds(WARM_UP_STUDENT_STEPS, 2, 5), rounds(TRIAL_STUDENT_STEPS, 8, 40)
 
 
 def distill_config(args, teacher: Path, out: Path, rounds: int, eval_npz: Path | None) -> RunConfig:
@@ -143,22 +151,23 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     eval_npz = npz_of(evaluated, data.class_names, args.work_dir / f"{args.eval_on}.npz")
     # A few rounds first, so that cuDNN's autotuning and the first allocations are behind us: timed together with
     # the trial they made one H200 trial read 696 ms per round where the run then took 349.
-    run(distill_config(args, teacher, args.work_dir / "warm-up", WARM_UP_ROUNDS, eval_npz), quiet=True)
-    trial = run(distill_config(args, teacher, args.work_dir / "trial", TRIAL_ROUNDS, eval_npz), quiet=True).report
+    warm_up_rounds, trial_rounds = warm_up_and_trial_rounds(args.method.round[1])
+    run(distill_config(args, teacher, args.work_dir / "warm-up", warm_up_rounds, eval_npz), quiet=True)
+    trial = run(distill_config(args, teacher, args.work_dir / "trial", trial_rounds, eval_npz), quiet=True).report
     # Rounds and evaluations are timed apart: the trial evaluates (and checkpoints) --eval-points times in 40
     # rounds, the run as often in hundreds, so their sum over 40 rounds overstated a round by 17 % on an H200.
     timing = trial["timing"]
-    seconds_per_round = timing["train_seconds"] / TRIAL_ROUNDS
+    seconds_per_round = timing["train_seconds"] / trial_rounds
     seconds_per_evaluation = max(0.0, timing["loop_seconds"] - timing["train_seconds"]) / max(1, len(trial["history"]))
     budget = args.minutes * 60
     if args.deadline_minutes:
         # What the deadline leaves, less the set-up and the final evaluations the trial measured.
         budget = min(budget, args.deadline_minutes * 60 - (time.time() - started) - 2 * timing["setup_seconds"] - 15)
     evaluations = args.eval_points + 1  # at most: every rounds // eval_points, and at the end
-    rounds = max(TRIAL_ROUNDS, int((0.95 * budget - evaluations * seconds_per_evaluation) / seconds_per_round))
+    rounds = max(trial_rounds, int((0.95 * budget - evaluations * seconds_per_evaluation) / seconds_per_round))
     print(f"[{time.time() - started:5.0f} s] {1000 * seconds_per_round:.0f} ms per round, "
           f"{seconds_per_evaluation:.2f} s per evaluation: {rounds} rounds for {budget / 60:.1f} min", flush=True)
-    result["trial"] = {"rounds": TRIAL_ROUNDS, "seconds_per_round": seconds_per_round,
+    result["trial"] = {"rounds": trial_rounds, "warm_up_rounds": warm_up_rounds, "seconds_per_round": seconds_per_round,
                        "seconds_per_evaluation": seconds_per_evaluation}
     save()
 

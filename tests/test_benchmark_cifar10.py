@@ -57,7 +57,6 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     """`python -m benchmarks.cifar10_gpu --tiny`: the GPU target's script end to end on the CPU (a 2 % subset), with
     the options a lease tunes: the teacher's batch and peak learning rate, compiled training steps (the `eager`
     backend here, which needs no compiler), the method's settings, and the validation split to compare them on."""
-    from benchmarks.cifar10_gpu import TRIAL_ROUNDS
     from benchmarks.cifar10_gpu import main as gpu_main
 
     out = tmp_path / "gpu.json"
@@ -76,7 +75,8 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     # and per evaluation (never fewer rounds than the trial's).
     trial = result["trial"]
     assert trial["seconds_per_round"] > 0 and trial["seconds_per_evaluation"] > 0
-    expected = max(TRIAL_ROUNDS, int((0.95 * 0.2 * 60 - 3 * trial["seconds_per_evaluation"]) / trial["seconds_per_round"]))
+    assert (trial["warm_up_rounds"], trial["rounds"]) == (5, 40)  # k = 3: at most 5 and 40 rounds
+    expected = max(40, int((0.95 * 0.2 * 60 - 3 * trial["seconds_per_evaluation"]) / trial["seconds_per_round"]))
     assert student["rounds"] == expected and student["student_updates"] == 3 * expected  # --method's k, not the default 10
     assert student["method"] == {"student_steps": 3, "diversity_weight": 0}
     # The curve was measured on the validation split (10 % of the 1,000-image train subset), test/ never written.
@@ -87,6 +87,17 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     run_config = json.loads((tmp_path / "work" / "run" / "config.json").read_text())
     assert run_config["method"]["diversity_weight"] == 0 and run_config["eval"]["dataset"].endswith("val.npz")
     assert [step for step, _ in student["curve"]][-1] == expected and all(0 <= a <= 1 for _, a in student["curve"])
+
+
+def test_gpu_trial_is_sized_in_student_steps():
+    """A large k gets fewer warm-up and trial rounds (a lease's minutes are dear), never fewer than 2 and 8."""
+    from benchmarks.cifar10_gpu import warm_up_and_trial_rounds
+
+    assert warm_up_and_trial_rounds(10) == (5, 40)
+    assert warm_up_and_trial_rounds(40) == (2, 10)
+    assert warm_up_and_trial_rounds(25) == (2, 16)
+    assert warm_up_and_trial_rounds(400) == (2, 8)
+    assert warm_up_and_trial_rounds(1) == (5, 40)
 
 
 def test_teacher_epochs_are_fitted_to_a_time_budget():
