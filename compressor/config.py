@@ -77,6 +77,10 @@ class MethodSettings(Strict):
     # > 0: each KD image is blended with another of its batch, λ ~ Beta(alpha, alpha), and the teacher labels the
     # blend (function matching): new inputs at no synthesis cost. 0: off.
     mixup_alpha: float = Field(0.0, ge=0)
+    # The teacher labels a round's k student batches ahead, a chunk of them per forward pass, instead of one
+    # forward per step. None: on CUDA only, where a KD step is bound by launching kernels. On a CPU it made a
+    # round 30 % slower (benchmarks/RESULTS.md), so there the step labels its own batch, inside --compile's graph.
+    label_ahead: bool | None = None
 
     @property
     def round(self) -> tuple[int, int]:

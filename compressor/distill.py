@@ -198,8 +198,8 @@ def accumulate_gradients(into: nn.Module, source: nn.Module) -> None:
             p_into.grad.add_(p_source.grad)
 
 
-def trial_round(synthesis_loss, distillation_loss, student: nn.Module, generator: nn.Module, n: int, noise_dim: int,
-                device: torch.device, amp, latent: bool = False) -> None:
+def trial_round(synthesis_loss, distillation_loss, label, student: nn.Module, generator: nn.Module, n: int,
+                noise_dim: int, device: torch.device, amp, latent: bool = False) -> None:
     """One generator and one student forward/backward at batch n, for `--batch-size auto` and the `--compile`
     warm-up; every weight, batch-norm statistic and random state it touches is put back, so the run itself is
     unchanged."""
@@ -213,7 +213,7 @@ def trial_round(synthesis_loss, distillation_loss, student: nn.Module, generator
         loss_g.backward()
         student.requires_grad_(True)
         with amp():
-            loss_s, _ = distillation_loss(SynthBatch(z, images.detach()))
+            loss_s, _ = distillation_loss(label(SynthBatch(z, images.detach())))  # labelled as a round's batches
         loss_s.backward()
     finally:
         student.requires_grad_(True)
@@ -352,7 +352,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         return method.student_loss(batch)
 
     def trial(steps: tuple, n: int) -> None:
-        trial_round(*steps, student, round_generator, n, cfg.generator.noise_dim, device, amp, latent=cfg.method.latent_lr > 0)
+        trial_round(*steps, method.label, student, round_generator, n, cfg.generator.noise_dim, device, amp,
+                    latent=cfg.method.latent_lr > 0)
 
     batch_choice = None
     if cfg.batch_size == "auto":  # resolved once; config.json keeps the number, so a resume uses the same
@@ -569,8 +570,8 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             # 2. Student: k updates, each on a batch the method draws (its pool, or fresh from the generator).
             student.train()
             for _ in range(k_steps):
-                batch = method.student_batch(local_batch)  # this rank's share of the global batch
                 with amp():
+                    batch = method.student_batch(local_batch)  # this rank's share of the global batch
                     loss_s, logs_s = distillation_loss(batch)  # the method's student loss (through DDP on ranks)
                 optimizer_step(opt_s, loss_s, student, cfg.grad_clip)
                 synthesised += batch.synthesised * world.size

@@ -31,8 +31,9 @@ def _tiny_config(tmp_path, name: str, steps: int = 6, dataset: str | None = None
 
 
 @pytest.mark.parametrize("pool_size, method", [(50_000, {}), (24, {}), (50_000, {"generator_start": "meta", "latent_lr": 0.01}),
-                                               (50_000, {"mixup_alpha": 1.0}), (50_000, {"diversity_weight": 1.0, "diversity_bank": 20})],
-                         ids=["pool-append-only", "pool-wrapped", "meta-generator", "mixup", "diversity-bank"])
+                                               (50_000, {"mixup_alpha": 1.0}), (50_000, {"diversity_weight": 1.0, "diversity_bank": 20}),
+                                               (50_000, {"label_ahead": True})],
+                         ids=["pool-append-only", "pool-wrapped", "meta-generator", "mixup", "diversity-bank", "labelled-ahead"])
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, pool_size, method):
     """The synthetic pool is part of the state: a 24-image pool has wrapped (6 rounds of 16) before the stop.
     A meta-generator's rounds start from a copy of the shared generator: only the shared one is state. The
@@ -153,7 +154,8 @@ def test_compiled_training_steps_train_the_same_and_a_failed_compile_falls_back(
             assert all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5) for k in a if k != "eval"), (name, a, b)
 
 
-@pytest.mark.parametrize("method", [{}, {"latent_lr": 0.01}], ids=["default", "optimised-noise"])
+@pytest.mark.parametrize("method", [{}, {"latent_lr": 0.01}, {"label_ahead": True}],
+                         ids=["default", "optimised-noise", "labelled-ahead"])
 def test_compiled_steps_are_traced_once_while_the_diversity_bank_fills(tmp_path, method):
     """The shapes a compiled round sees stay the same from the warm-up on: a diversity bank that grew with every
     stored batch recompiled the synthesis step each round until dynamo's limit (8) sent it back to eager for
@@ -165,6 +167,17 @@ def test_compiled_steps_are_traced_once_while_the_diversity_bank_fills(tmp_path,
         report = run(cfg.model_copy(update={"compile": "eager"}), quiet=True).report
     assert report["compile"] == "training steps compiled with torch.compile (eager)"
     assert report["student_updates"] == 20
+
+
+def test_labelling_a_rounds_batches_ahead_trains_as_labelling_each_in_its_step(tmp_path):
+    """`label_ahead` (CUDA's default) moves the teacher's forward passes out of the student steps, one per chunk of
+    the round's batches: the same batches and targets, so the same losses (to float noise) and the same student."""
+    lines = lambda name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    run(_tiny_config(tmp_path, "in-step", steps=4, label_ahead=False), quiet=True)
+    run(_tiny_config(tmp_path, "ahead", steps=4, label_ahead=True), quiet=True)
+    assert len(lines("ahead")) == 4
+    for a, b in zip(lines("in-step"), lines("ahead"), strict=True):
+        assert all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5) for k in a if k != "eval"), (a, b)
 
 
 def test_metrics_carry_losses_every_step_and_evaluations_at_eval_steps(tmp_path):

@@ -24,6 +24,8 @@ class SynthBatch:
 
     z: torch.Tensor | None
     images: torch.Tensor
+    # The teacher's logits for `images`, where the method labelled them ahead of the step (`Method.label`).
+    teacher_logits: torch.Tensor | None = None
 
     @property
     def synthesised(self) -> int:
@@ -57,6 +59,12 @@ class Method(ABC):
 
     def store(self, images: torch.Tensor) -> None:
         """Keep the batch a synthesis round ended with (detached, teacher's input space); the default keeps nothing."""
+
+    def label(self, batch: SynthBatch) -> SynthBatch:
+        """The batch with what a student step needs besides its images, computed outside the step (and outside
+        what --compile traces): the default adds nothing. The loop's trial round labels its batch through this
+        too, so that what it compiles is what the rounds run."""
+        return batch
 
     def student_batch(self, batch_size: int) -> SynthBatch:
         """What the student learns from next; the default is a fresh batch from the current generator."""
