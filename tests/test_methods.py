@@ -85,25 +85,30 @@ def test_default_method_terms_pool_and_student_batches(tmp_path):
 def test_a_rounds_student_batches_are_labelled_ahead_in_chunks_as_drawn_one_by_one(tmp_path, mixup_alpha):
     """With `label_ahead` (CUDA's default) the teacher labels a round's k batches in chunks, one forward each,
     instead of one forward per step: the batches are the ones the step-by-step draws give, in order, with the
-    teacher's logits for exactly them, and none is left over when the round ends (a checkpoint holds none)."""
+    teacher's logits for exactly them, and none is left over when the round ends (a checkpoint holds none).
+    Where a chunk would hold a single batch, the step labels it, as with `label_ahead` off."""
     k, n = 7, 6
     rounds = {}
-    for chunk in (0, 1, 3, 100):  # 0: labelled in the step (a CPU's default); one by one; chunks of 3, 3, 1; all
+    for chunk in (0, 1, 2, 3, 100):  # 0: off (a CPU's default); 1: a batch per chunk; chunks of 2, 2, 2, 1; 3, 3, 1; all
         (tmp_path / str(chunk)).mkdir()
         method, gen = _parts("default", tmp_path / str(chunk), student_steps=k, mixup_alpha=mixup_alpha, label_ahead=chunk > 0)
         method.label_chunk_elements = max(1, chunk) * n * 3 * 32 * 32
+        assert method.batches_per_label(n, 3 * 32 * 32) == (chunk if chunk >= 2 else 0)
         torch.manual_seed(1)
         with torch.no_grad():
             method.store(gen(torch.randn(16, 16)))
         torch.manual_seed(2)
         rounds[chunk] = [method.student_batch(n) for _ in range(k)]
         assert not method.labelled
-    assert all(batch.teacher_logits is None for batch in rounds[0])
+        trial = method.label(SynthBatch(None, rounds[chunk][0].images))  # what the compile warm-up traces
+        assert (trial.teacher_logits is None) == (chunk < 2)
+    assert all(batch.teacher_logits is None for chunk in (0, 1) for batch in rounds[chunk])
     assert not torch.equal(rounds[0][0].images, rounds[0][1].images)
-    for chunk in (1, 3, 100):
+    for chunk in (1, 2, 3, 100):
         for in_step, batch in zip(rounds[0], rounds[chunk], strict=True):
             assert torch.equal(batch.images, in_step.images)
-            assert torch.allclose(batch.teacher_logits, method.teacher(batch.images), atol=1e-4)
+            if chunk >= 2:
+                assert torch.allclose(batch.teacher_logits, method.teacher(batch.images), atol=1e-4)
 
 
 def test_pool_stores_pixels_as_bytes_and_restores_its_state(tmp_path):

@@ -43,7 +43,7 @@ from compressor.methods.pool import SyntheticPool
 class DefaultMethod(Method):
     name = "default"
     # The most input elements the teacher labels in one forward pass: 21 batches of 256 at 32 px, one of 64 at
-    # 224 px (the activations of a no-grad forward at that size stay within a few hundred MB).
+    # 224 px (so none ahead, `batches_per_label`). A no-grad forward's activations then stay within a few hundred MB.
     label_chunk_elements: int = 1 << 24
 
     def __init__(self, teacher, student, generator, settings, workdir) -> None:
@@ -139,18 +139,26 @@ class DefaultMethod(Method):
         self.bank_filled = torch.arange(size, device=self.bank_filled.device) >= size - len(rows)
 
     def student_batch(self, batch_size: int) -> SynthBatch:
-        """The round's next batch. With `label_ahead`, the first call after `store` draws and labels the round's k
+        """The round's next batch. Labelling ahead, the first call after `store` draws and labels the round's k
         batches (in chunks of at most `label_chunk_elements` inputs), in the order one call per step draws them."""
-        if not self.label_ahead:
-            return SynthBatch(None, self._draw(batch_size))  # the teacher labels it in the step
         if not self.labelled:
-            per_batch = batch_size * int(self.pool.data.shape[1:].numel())
-            n = max(1, min(self.left_in_round, self.label_chunk_elements // per_batch))
+            chunk = self.batches_per_label(batch_size, int(self.pool.data.shape[1:].numel()))
+            if not chunk:
+                return SynthBatch(None, self._draw(batch_size))  # the teacher labels it in the step
+            n = max(1, min(self.left_in_round, chunk))
             self.left_in_round -= n
             drawn = [self._draw(batch_size) for _ in range(n)]
-            logits = self.label(SynthBatch(None, torch.cat(drawn))).teacher_logits
+            with torch.no_grad():
+                logits = self.teacher(torch.cat(drawn))
             self.labelled.extend(SynthBatch(None, x, t) for x, t in zip(drawn, logits.split(batch_size)))
         return self.labelled.popleft()
+
+    def batches_per_label(self, batch_size: int, image_elements: int) -> int:
+        """How many batches one teacher forward labels ahead; 0: each step labels its own batch. That is so where
+        `label_ahead` is off, and where a chunk would hold one batch (a 224 px one): labelling it ahead would
+        only take the teacher's forward out of --compile's graph."""
+        fits = self.label_chunk_elements // (batch_size * image_elements) if self.label_ahead else 0
+        return fits if fits >= 2 else 0
 
     def _draw(self, batch_size: int) -> torch.Tensor:
         """A batch from the whole pool, cropped, flipped and blended as the settings say, in the teacher's input space."""
@@ -163,7 +171,7 @@ class DefaultMethod(Method):
         return self.generator.normalise(pixels)
 
     def label(self, batch: SynthBatch) -> SynthBatch:
-        if not self.label_ahead:
+        if not self.batches_per_label(len(batch.images), batch.images[0].numel()):
             return batch
         with torch.no_grad():
             return SynthBatch(batch.z, batch.images, self.teacher(batch.images))
