@@ -178,6 +178,8 @@ def test_labelling_a_rounds_batches_ahead_trains_as_labelling_each_in_its_step(t
     assert len(lines("ahead")) == 4
     for a, b in zip(lines("in-step"), lines("ahead"), strict=True):
         assert all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5) for k in a if k != "eval"), (a, b)
+    in_step, ahead = (torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)["student"] for name in ("in-step", "ahead"))
+    assert all(torch.allclose(in_step[k].float(), ahead[k].float(), rtol=1e-4, atol=1e-5) for k in in_step)
 
 
 def test_metrics_carry_losses_every_step_and_evaluations_at_eval_steps(tmp_path):

@@ -98,10 +98,16 @@ def test_a_rounds_student_batches_are_labelled_ahead_in_chunks_as_drawn_one_by_o
         with torch.no_grad():
             method.store(gen(torch.randn(16, 16)))
         torch.manual_seed(2)
+        forwards = []
+        hook = method.teacher.register_forward_hook(lambda module, args, out: forwards.append(len(args[0])))
         rounds[chunk] = [method.student_batch(n) for _ in range(k)]
+        hook.remove()
         assert not method.labelled
-        trial = method.label(SynthBatch(None, rounds[chunk][0].images))  # what the compile warm-up traces
+        assert forwards == ([n * min(chunk, k - i) for i in range(0, k, chunk)] if chunk >= 2 else [])  # one per chunk
+        # What the compile warm-up traces: a generator's batch (channels_last on CUDA), laid out as the pool's are.
+        trial = method.label(SynthBatch(None, rounds[chunk][0].images.to(memory_format=torch.channels_last)))
         assert (trial.teacher_logits is None) == (chunk < 2)
+        assert trial.images.is_contiguous() and torch.equal(trial.images, rounds[chunk][0].images)
     assert all(batch.teacher_logits is None for chunk in (0, 1) for batch in rounds[chunk])
     assert not torch.equal(rounds[0][0].images, rounds[0][1].images)
     for chunk in (1, 2, 3, 100):

@@ -61,16 +61,19 @@ class Method(ABC):
         """Keep the batch a synthesis round ended with (detached, teacher's input space); the default keeps nothing."""
 
     def label(self, batch: SynthBatch) -> SynthBatch:
-        """The batch with what a student step needs besides its images, computed outside the step (and outside
-        what --compile traces): the default adds nothing. The loop's trial round labels its batch through this
-        too, so that what it compiles is what the rounds run."""
+        """The batch as the method's student steps receive it: laid out as its own batches are, with what a step
+        needs besides its images computed outside the step (and outside what --compile traces). The loop's trial
+        round labels its batch through this, so that what it compiles is what the rounds run; the default (fresh
+        generator images, nothing computed ahead) changes nothing."""
         return batch
 
     def student_batch(self, batch_size: int) -> SynthBatch:
         """What the student learns from next; the default is a fresh batch from the current generator."""
         device = next(self.student.parameters()).device
         z = torch.randn(batch_size, self.generator.noise_dim, device=device)
-        with torch.no_grad():
+        # The loop draws student batches inside its autocast (the default method's teacher labels there); the seed's
+        # fresh images stay in full precision, as they were before that.
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             return SynthBatch(z, self.generator(z).detach())
 
     def warnings(self) -> list[str]:

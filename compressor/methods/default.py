@@ -14,9 +14,10 @@ The structure of the strongest published methods (../shared/METHODS.md: CMI, Fas
 Synthesis is the expensive half on a CPU; this spends it once per image instead of once per student step.
 
 On CUDA (`label_ahead`) the teacher labels a round's student batches ahead, one forward pass per chunk of them,
-not one per step: it is frozen and the pool does not change within a round, so the targets are the same. There a
-KD step is bound by launching kernels (an H200 lease measured about 13.5 ms per step at k = 40 for a few
-milliseconds of arithmetic), and the teacher's forward is a large share of the launches.
+not one per step: it is frozen and the pool does not change within a round, so the targets are the same (and so
+are the batches, unless the student itself draws random numbers, e.g. dropout: the draws then interleave
+differently). There a KD step is bound by launching kernels (an H200 lease measured about 13.5 ms per step at
+k = 40, for an estimated few milliseconds of arithmetic), and the teacher's forward is a large share of them.
 """
 from __future__ import annotations
 
@@ -42,9 +43,11 @@ from compressor.methods.pool import SyntheticPool
 
 class DefaultMethod(Method):
     name = "default"
-    # The most input elements the teacher labels in one forward pass: 21 batches of 256 at 32 px, one of 64 at
-    # 224 px (so none ahead, `batches_per_label`). A no-grad forward's activations then stay within a few hundred MB.
-    label_chunk_elements: int = 1 << 24
+    # The most input elements the teacher labels in one forward pass: 5 batches of 256 at 32 px (8 forwards for
+    # k = 40 instead of 40), none ahead at 224 px (`batches_per_label`). A no-grad forward's largest activation is
+    # then the input's size times the teacher's widest layer over its 3 channels: 90 MB for a WRN-40-2 (32 wide)
+    # in bf16, 450 MB for a WRN-28-10 (160).
+    label_chunk_elements: int = 1 << 22
 
     def __init__(self, teacher, student, generator, settings, workdir) -> None:
         super().__init__(teacher, student, generator, settings, workdir)
@@ -171,10 +174,13 @@ class DefaultMethod(Method):
         return self.generator.normalise(pixels)
 
     def label(self, batch: SynthBatch) -> SynthBatch:
-        if not self.batches_per_label(len(batch.images), batch.images[0].numel()):
-            return batch
+        # Laid out as the pool's batches are: on CUDA a generator's images are channels_last, and a compiled step
+        # warmed up on those would be traced again at the first round's contiguous ones.
+        images = batch.images.contiguous()
+        if not self.batches_per_label(len(images), images[0].numel()):
+            return SynthBatch(batch.z, images)
         with torch.no_grad():
-            return SynthBatch(batch.z, batch.images, self.teacher(batch.images))
+            return SynthBatch(batch.z, images, self.teacher(images))
 
     def student_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
         t_logits = batch.teacher_logits
