@@ -151,8 +151,7 @@ class DefaultMethod(Method):
             n = max(1, min(self.left_in_round, chunk))
             self.left_in_round -= n
             drawn = [self._draw(batch_size) for _ in range(n)]
-            with torch.no_grad():
-                logits = self.teacher(torch.cat(drawn))
+            logits = self._teacher_logits(torch.cat(drawn))
             self.labelled.extend(SynthBatch(None, x, t) for x, t in zip(drawn, logits.split(batch_size)))
         return self.labelled.popleft()
 
@@ -179,14 +178,15 @@ class DefaultMethod(Method):
         images = batch.images.contiguous()
         if not self.batches_per_label(len(images), images[0].numel()):
             return SynthBatch(batch.z, images)
+        return SynthBatch(batch.z, images, self._teacher_logits(images))
+
+    def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's targets for a student batch, or for a chunk of them labelled ahead."""
         with torch.no_grad():
-            return SynthBatch(batch.z, images, self.teacher(images))
+            return self.teacher(images)
 
     def student_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
-        t_logits = batch.teacher_logits
-        if t_logits is None:
-            with torch.no_grad():
-                t_logits = self.teacher(batch.images)
+        t_logits = batch.teacher_logits if batch.teacher_logits is not None else self._teacher_logits(batch.images)
         loss = kl_at_temperature(self.training_student(batch.images), t_logits, self.settings.temperature)
         return loss, {"s_loss": loss.detach()}
 
