@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from compressor.augment import random_crop_flip
+from compressor.augment import host_to_device, random_crop_flip
 from compressor.data import Split
 from compressor.evaluate import normalise
 from compressor.methods.losses import kl_at_temperature
@@ -59,10 +59,10 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.15)
     done = 0
     for epoch in range(epochs):
-        perm = torch.randperm(len(train.labels), generator=g)
+        perm = host_to_device(torch.randperm(len(train.labels), generator=g), device)  # one copy per epoch, not per step
         total = torch.zeros((), device=device)  # summed on the device: no host sync per step
         for i in range(min(steps_per_epoch, total_steps - done)):
-            idx = perm[i * batch_size : (i + 1) * batch_size].to(device)
+            idx = perm[i * batch_size : (i + 1) * batch_size]
             x = normalise(random_crop_flip(images[idx], pad, flip, g), mean, std)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -4,8 +4,10 @@ import pytest
 
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from compressor.config import MethodSettings
+from compressor.config import MethodSettings, RunConfig
+from compressor.distill import make_optimizer, optimizer_step
 from compressor.generator import Generator
 from compressor.methods import SynthBatch, create_method
 from compressor.methods.pool import SyntheticPool
@@ -232,3 +234,88 @@ def test_a_teacher_without_batchnorm_or_linear_layers_is_told_which_terms_are_of
     assert torch.isfinite(loss) and "g_repulsion" not in logs
     full, _ = _parts("default", tmp_path / "full")
     assert full.warnings() == []
+
+
+_SYNCING_OPS = {
+    torch.ops.aten._local_scalar_dense.default,  # .item(), float(t), bool(t), `if t:`
+    torch.ops.aten.nonzero.default,
+    torch.ops.aten.masked_select.default,
+    torch.ops.aten.equal.default,
+}
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Records the operators that make the host wait for the GPU when they run on CUDA: reading a value, and an
+    output whose shape depends on the data (nonzero, a boolean mask). The third kind, a blocking copy from the
+    host, cannot happen where there is one device: CUDA's sync debug mode checks it."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+        # Not within the optimisers' updates: they are PyTorch's, one fused kernel on CUDA (its sync debug mode
+        # checks them there); on a CPU, Adam reads its step count, which lives in host memory there.
+        self.paused = False
+        for opt in optimizers:
+            opt.register_step_pre_hook(lambda *_: setattr(self, "paused", True))
+            opt.register_step_post_hook(lambda *_: setattr(self, "paused", False))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.paused:
+            return func(*args, **kwargs)
+        masked = func is torch.ops.aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1])
+        if func in _SYNCING_OPS or masked:
+            self.seen.append(str(func))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("label_ahead", [False, True])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA's sync debug mode needs a GPU"))])
+def test_a_round_of_the_default_method_never_makes_the_host_wait_for_the_gpu(tmp_path, device, label_ahead):
+    """A KD step on a GPU is bound by launching kernels: the host must stay ahead of the GPU. One sync per step
+    (a blocking copy of the crops' random draws, a boolean mask) makes it wait for every kernel queued, so the
+    host's work and the GPU's add up instead of overlapping. Every term is on here: crops, flips, mixup, the
+    diversity bank (its rows are read back each round), chunks labelled ahead or not. On CUDA, its sync debug
+    mode raises at any synchronising call; everywhere, the operators that would sync there are recorded."""
+    device = torch.device(device)
+    torch.manual_seed(0)
+    teacher = create_model("resnet20", num_classes=10).to(device).eval().requires_grad_(False)
+    student = create_model("resnet20", num_classes=10).to(device)
+    gen = Generator(16, 3, 32, (0.5,) * 3, (0.25,) * 3, width=8).to(device)
+    settings = MethodSettings(pool_size=64, student_steps=3, generator_steps=2, diversity_bank=16, mixup_alpha=0.4,
+                              label_ahead=label_ahead)
+    method = create_method("default", teacher, student, gen, settings, tmp_path)
+    method.label_chunk_elements = 2 * 8 * 3 * 32 * 32  # chunks of 2 batches of 8
+    cfg = RunConfig.model_validate({"teacher": {"path": "unused.pth"}, "out_dir": str(tmp_path)})
+    opt_g, opt_s = make_optimizer(gen.parameters(), cfg.generator_optim, device), make_optimizer(student.parameters(), cfg.student_optim, device)
+    g, k = settings.round
+
+    def one_round() -> None:  # as distill.py's loop runs one (the loop adds AMP, the schedules and logging)
+        student.requires_grad_(False)
+        z = torch.randn(8, 16, device=device)
+        for _ in range(g):
+            images = gen(z)
+            loss, _ = method.generator_loss(SynthBatch(z, images))
+            optimizer_step(opt_g, loss, gen, cfg.grad_clip)
+        method.store(images.detach())
+        student.requires_grad_(True)
+        for _ in range(k):
+            loss, _ = method.student_loss(method.student_batch(8))
+            optimizer_step(opt_s, loss, student, cfg.grad_clip)
+
+    one_round()  # first calls allocate (pinned host blocks, the pool): the rounds after are what the run repeats
+    syncs = _HostSyncs(opt_g, opt_s)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        with syncs:
+            for _ in range(3):
+                one_round()
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode(0)
+    assert syncs.seen == []
+    assert method.bank_count == 16 and method.banked().shape == (16, method.features.dim)  # 4 rounds of 8: full
+    assert method.pool.size == 32 and not method.labelled

@@ -59,6 +59,7 @@ class DefaultMethod(Method):
         device = next(teacher.parameters()).device
         self.feature_bank = torch.zeros(settings.diversity_bank, self.features.dim if self.repels else 0, device=device)
         self.bank_filled = torch.zeros(settings.diversity_bank, dtype=torch.bool, device=device)
+        self.bank_count = 0  # how many rows are filled, known on the host: reading the mask would sync with the GPU
         self.label_ahead = settings.label_ahead if settings.label_ahead is not None else device.type == "cuda"
         self.labelled: deque[SynthBatch] = deque()  # this round's student batches, drawn and labelled ahead
         self.left_in_round = 0  # of the round's k batches, those not drawn yet
@@ -132,7 +133,7 @@ class DefaultMethod(Method):
 
     def banked(self) -> torch.Tensor:
         """The bank's filled rows, oldest first (they are always its last rows)."""
-        return self.feature_bank[self.bank_filled]
+        return self.feature_bank[len(self.feature_bank) - self.bank_count:]
 
     def _bank(self, rows: torch.Tensor) -> None:
         """Keep the latest `diversity_bank` of `rows` at the end of the bank, the rest of it empty."""
@@ -140,6 +141,7 @@ class DefaultMethod(Method):
         rows = rows[-size:].to(self.feature_bank.device)
         self.feature_bank = torch.cat([self.feature_bank.new_zeros(size - len(rows), self.feature_bank.shape[1]), rows])
         self.bank_filled = torch.arange(size, device=self.bank_filled.device) >= size - len(rows)
+        self.bank_count = len(rows)
 
     def student_batch(self, batch_size: int) -> SynthBatch:
         """The round's next batch. Labelling ahead, the first call after `store` draws and labels the round's k
