@@ -1,7 +1,7 @@
 """Issue 14's GPU target: a CIFAR-10 WRN-40-2 teacher compressed to a WRN-16-1 within a budget of GPU minutes.
 
     python -m benchmarks.cifar10_gpu [--teacher PATH | --train-teacher --teacher-epochs 40 [--teacher-minutes M]]
-                                     [--minutes 10] [--deadline-minutes 9.5] [--compile inductor]
+                                     [--minutes 10] [--deadline-minutes 9.5] [--compile inductor | --cuda-graphs]
                                      [--method '{"diversity_weight": 0}'] [--eval-on val]
     python -m benchmarks.cifar10_gpu --tiny      # small shapes on the CPU: what the test suite runs
 
@@ -57,7 +57,8 @@ def warm_up_and_trial_rounds(student_steps: int) -> tuple[int, int]:
 
 def distill_config(args, teacher: Path, out: Path, rounds: int, eval_npz: Path | None) -> RunConfig:
     fields = preset_overrides("paper")
-    fields.update(steps=rounds, batch_size=16 if args.tiny else fields["batch_size"], compile=args.compile)
+    fields.update(steps=rounds, batch_size=16 if args.tiny else fields["batch_size"], compile=args.compile,
+                  cuda_graphs=args.cuda_graphs)
     return RunConfig(
         out_dir=str(out), preset="paper", teacher=TeacherConfig(path=str(teacher)),
         student=StudentConfig(name=args.student), method=args.method, device=args.device, seed=args.seed,
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-points", type=int, default=10)
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                    help="compile the distillation's training steps (torch.compile, default backend inductor)")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay the student's forward and backward as CUDA graphs")
     p.add_argument("--method", default="{}", metavar="JSON",
                    help="the default method's settings that differ, e.g. '{\"student_steps\": 30}' (MethodSettings fields)")
     p.add_argument("--eval-on", choices=["test", "val"], default="test",
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.teacher_arch, args.student, args.teacher_epochs, args.device = "resnet14", "resnet8", 1, "cpu"
         args.eval_points = 2
+    if args.compile and args.cuda_graphs:
+        p.error("choose --compile or --cuda-graphs, not both: each takes over the student's step")
     try:
         args.method = method_settings(args.method)
         return _benchmark(args, started, argv)
@@ -183,6 +187,7 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
         "curve": [[h["step"], h.get("accuracy")] for h in report["history"]],
         "distill_seconds": report["wall_seconds"], "gpu_minutes": report["wall_seconds"] / 60,
         "images_per_second": report["images_per_second"], "compile": report["compile"],
+        "cuda_graphs": report["cuda_graphs"],
     }
     result["wall_seconds"] = time.time() - started
     save()

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                    help="compile the training steps with torch.compile (default backend inductor); off unless given")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay the student's forward and backward as CUDA graphs (one CUDA device; not with --compile)")
     p.add_argument("--preset", choices=["default", "seed", "paper"])
     p.add_argument("--input-size", type=int)
     p.add_argument("--mean", type=_floats, help="per-channel input mean, e.g. 0.485,0.456,0.406")
@@ -122,6 +124,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cfg.generator_optim = cfg.generator_optim.model_copy(update={"lr": args.generator_lr})
     if args.no_onnx:
         cfg.export_onnx = False
+    if args.cuda_graphs:
+        cfg.cuda_graphs = True
     return RunConfig.model_validate(cfg.model_dump())
 
 
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ValidationError as exc:
-        print(f"error: invalid setting {first_problem(exc)}", file=sys.stderr)
+        print(f"error: invalid setting: {first_problem(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as exc:
         print(str(exc), file=sys.stderr)

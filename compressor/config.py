@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compressor.errors import CompressorError
 
@@ -165,7 +165,16 @@ class RunConfig(Strict):
     # torch.compile backend for the two training steps ("inductor"), or None for eager. Off by default until a
     # GPU measurement shows it pays for its compile time (python -m benchmarks.gpu --compile inductor).
     compile: str | None = None
+    # The student's forward and backward in each KD step replayed as CUDA graphs (compressor.cuda_graphs), on one
+    # CUDA device; elsewhere the run says so and goes on eagerly. Off by default until a GPU measurement shows it pays.
+    cuda_graphs: bool = False
     export_onnx: bool = True
+
+    @model_validator(mode="after")
+    def _one_way_to_speed_the_steps_up(self) -> "RunConfig":
+        if self.compile and self.cuda_graphs:
+            raise ValueError("choose --compile or --cuda-graphs, not both: each takes over the student's step")
+        return self
 
     @field_validator("batch_size")
     @classmethod

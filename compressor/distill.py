@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from compressor import distributed
 from compressor.batch_size import choose_batch_size
 from compressor.compile import compile_steps
+from compressor.cuda_graphs import graph_student
 from compressor.config import OptimizerConfig, RunConfig
 from compressor.data import PRESETS, IMAGENET_MEAN, IMAGENET_STD, LabelledData, Split, load_dataset, reported_split_indices, stratified_subset
 from compressor.errors import CompressorError
@@ -374,6 +375,18 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             (synthesis_loss, distillation_loss), cfg.compile, lambda steps: trial(steps, local_batch))
         if is_main and not quiet:
             print(compile_note)
+    graphs_note = None
+    if cfg.cuda_graphs:  # the student's step runs its forward and backward as CUDA graphs
+        if world.distributed:
+            graphed, graphs_note = None, "CUDA graphs are not used under torchrun (DDP's gradient hooks): the student runs eagerly"
+        else:
+            own = torch.Generator(device=device).manual_seed(cfg.seed)  # the run's random streams stay as they are
+            sample = torch.randn(local_batch, *input_shape, device=device, generator=own)
+            graphed, graphs_note = graph_student(student, sample, use_amp)
+        if graphed is not None:
+            method.training_student = graphed
+        if is_main and not quiet:
+            print(graphs_note)
     if world.distributed:  # the student's step runs through DDP, which averages its gradients across ranks
         method.training_student = nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None)
@@ -729,6 +742,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         "batch_size": cfg.batch_size,
         "batch_size_auto": batch_choice.model_dump() if batch_choice else None,
         "compile": compile_note,
+        "cuda_graphs": graphs_note,
         "images_synthesised": synthesised if start_step == 0 else None,
         "images_per_second": synthesised / max(synth_time, 1e-9) if start_step == 0 else None,
         "wall_seconds": wall,

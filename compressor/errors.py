@@ -9,4 +9,7 @@ class CompressorError(Exception):
 def first_problem(exc: ValidationError) -> str:
     """A settings error as one line, `where: what` (the first problem pydantic found; fixing it shows the next)."""
     first = exc.errors()[0]
-    return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
+    cause = first.get("ctx", {}).get("error") if first["type"] == "value_error" else None
+    what = str(cause) if cause is not None else first["msg"]  # a validator's own words, without "Value error, "
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {what}" if where else what  # a rule across settings has no one place

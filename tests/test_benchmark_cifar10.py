@@ -68,6 +68,7 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     teacher = result["teacher"]
     assert (teacher["batch_size"], teacher["lr"], teacher["minutes"], teacher["epochs"]) == (50, 0.05, 1, 1)  # --tiny: 1 epoch at most
     assert result["student"]["compile"] == "training steps compiled with torch.compile (eager)"
+    assert result["student"]["cuda_graphs"] is None  # not asked for
     assert (tmp_path / "work" / "cifar10_resnet14.pth").is_file()
     student = result["student"]
     assert student["arch"] == "resnet8" and student["ratio"] < 1
@@ -133,3 +134,14 @@ def test_bad_gpu_method_settings_are_a_clear_error(tmp_path, capsys, method, mes
     assert gpu_main(["--tiny", "--method", method, "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {message}"
     assert not out.exists()
+
+
+def test_compiled_steps_and_cuda_graphs_together_are_refused(tmp_path, capsys):
+    """Each takes over the student's step; refused by the parser (exit 2) before any data is read or device time spent."""
+    from benchmarks.cifar10_gpu import main as gpu_main
+
+    with pytest.raises(SystemExit) as stop:
+        gpu_main(["--tiny", "--compile", "--cuda-graphs", "--work-dir", str(tmp_path / "work")])
+    assert stop.value.code == 2
+    assert "choose --compile or --cuda-graphs, not both" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()

@@ -53,6 +53,7 @@ def _assert_one_line_error(proc, pattern: str):
         (["--teacher", "{t}", "--student-arch", "wrn_99_1"], "unknown architecture"),
         (["--teacher", "{t}", "--student-arch", "resnet56"], "not fewer than the teacher's"),
         (["--teacher", "{t}", "--student-arch", "resnet8", "--ratio", "0.1"], "not both"),
+        (["--teacher", "{t}", "--ratio", "0.1", "--compile", "--cuda-graphs"], "invalid setting: choose --compile or --cuda-graphs, not both"),
     ],
 )
 def test_bad_input(tmp_path, small_teacher, args, pattern):

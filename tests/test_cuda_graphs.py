@@ -1,0 +1,80 @@
+"""`--cuda-graphs`: the student's training forward and backward replayed as CUDA graphs, or an eager run that says why.
+
+The tests that replay graphs need a GPU and are skipped without one (the device lease runs them)."""
+import contextlib
+import copy
+import json
+
+import pytest
+import torch
+
+from compressor.cuda_graphs import graph_student
+from compressor.distill import run
+from compressor.models import create_model
+from tests.test_distill import _tiny_config
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+def test_graphs_need_cuda_and_the_student_is_left_as_it_was():
+    student = create_model("resnet8", num_classes=10)
+    before = copy.deepcopy(student.state_dict())
+    graphed, note = graph_student(student, torch.randn(4, 3, 32, 32), amp=False)
+    assert graphed is None and note.startswith("CUDA graphs need a CUDA device (this run is on cpu)")
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+
+
+@needs_cuda
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+def test_a_graphed_student_trains_as_the_eager_one(amp):
+    """Three SGD steps on new batches: the graph reads each batch and the updated weights, its outputs, gradients
+    and BatchNorm statistics are the eager student's; the capture's warm-up leaves the student as it was; in eval
+    mode (evaluation, the generator's loss) the student runs its own forward."""
+    torch.manual_seed(0)
+    student = create_model("resnet20", num_classes=10).cuda().to(memory_format=torch.channels_last)
+    reference = copy.deepcopy(student)
+    before = copy.deepcopy(student.state_dict())
+    graphed, note = graph_student(student, torch.randn(8, 3, 32, 32, device="cuda"), amp)
+    assert graphed is not None, note
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    tol = {"atol": 2e-2, "rtol": 2e-2} if amp else {"atol": 1e-4, "rtol": 1e-4}
+    optimisers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (student, reference)]
+    for _ in range(3):
+        x = torch.randn(8, 3, 32, 32, device="cuda")
+        outputs = []
+        for forward, opt in zip((graphed, reference), optimisers):
+            opt.zero_grad(set_to_none=True)
+            with autocast():
+                out = forward(x)
+            out.float().square().mean().backward()
+            outputs.append(out.float().detach().clone())
+        assert torch.allclose(outputs[0], outputs[1], **tol)
+        for p, q in zip(student.parameters(), reference.parameters(), strict=True):
+            assert torch.allclose(p.grad, q.grad, **tol)
+        for opt in optimisers:
+            opt.step()
+    for (name, a), b in zip(student.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), **tol), name  # weights and BatchNorm statistics alike
+    student.eval(), reference.eval()
+    with torch.no_grad():
+        x = torch.randn(3, 3, 32, 32, device="cuda")  # another batch size: only the eager forward takes it
+        assert torch.allclose(student(x), reference(x), **tol)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_a_run_with_cuda_graphs_trains_as_an_eager_run_and_says_which_it_was(tmp_path, device):
+    lines = lambda name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    plain = run(_tiny_config(tmp_path, "plain", steps=4).model_copy(update={"device": device}), quiet=True).report
+    assert plain["cuda_graphs"] is None
+    graphed = run(_tiny_config(tmp_path, "graphed", steps=4).model_copy(update={"device": device, "cuda_graphs": True}),
+                  quiet=True).report
+    if device == "cpu":
+        assert graphed["cuda_graphs"] == "CUDA graphs need a CUDA device (this run is on cpu): the student runs eagerly"
+        tol = {"rel": 0, "abs": 0}  # the same run: the note must not have changed a random stream
+    else:
+        assert graphed["cuda_graphs"] == "the student's forward and backward replayed as CUDA graphs (batch 16)"
+        tol = {"rel": 5e-2, "abs": 5e-3}  # bf16 autocast, and cuDNN may choose other kernels in another run
+    for a, b in zip(lines("plain"), lines("graphed"), strict=True):
+        assert a.keys() == b.keys()
+        assert all(a[k] == pytest.approx(b[k], **tol) for k in a if k != "eval"), (a, b)
