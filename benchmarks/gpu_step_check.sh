@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 14's GPU target, one device call: what the KD step costs, and whether the step's fixes hold on CUDA.
+#
+#   OUT=... bash benchmarks/gpu_step_check.sh          (on the device: $OUT is the folder that comes back)
+#
+# 1. The tests that need CUDA: a round never makes the host wait for the GPU (CUDA's sync debug mode), and a
+#    student replayed as CUDA graphs trains as the eager one. They are skipped on every machine without a GPU.
+# 2. The trial's milliseconds per round at k = 40 (benchmarks.cifar10_gpu, validation split, a few rounds) for:
+#    the tree before the no-sync change, if carried as .before/ (`git archive 4369a80 compressor benchmarks | tar
+#    -x -C .before`); this tree eagerly; and this tree with --cuda-graphs. Each JSON's trial.seconds_per_round is
+#    the figure; summary.txt lists them.
+# Environment: OUT (required), DATA (.data/cifar10-jpeg.tar.gz), TEACHER (benchmarks/teachers/cifar10_wrn_40_2.pth),
+# METHOD ('{"student_steps": 40}'), EXTRA (more arguments for each trial, e.g. "--tiny --device cpu" for a dry run).
+set -u
+: "${OUT:?set OUT to the folder for the results}"
+DATA=${DATA:-.data/cifar10-jpeg.tar.gz}
+TEACHER=${TEACHER-benchmarks/teachers/cifar10_wrn_40_2.pth}  # empty: none (the trial trains one)
+METHOD=${METHOD:-'{"student_steps": 40}'}
+EXTRA=${EXTRA:-}
+ROOT=$(pwd)
+DATA=$(realpath "$DATA")
+[ -n "$TEACHER" ] && TEACHER=$(realpath "$TEACHER")
+mkdir -p "$OUT"
+
+python3 -m pytest -q -p no:cacheprovider \
+    "tests/test_methods.py::test_a_round_of_the_default_method_never_makes_the_host_wait_for_the_gpu" \
+    tests/test_cuda_graphs.py > "$OUT/cuda_tests.txt" 2>&1
+tail -n 12 "$OUT/cuda_tests.txt"
+
+trial() {  # trial NAME TREE [ARGS...]: one timed trial from the source tree TREE
+    local name=$1 tree=$2
+    shift 2
+    local teacher_args=()
+    [ -n "$TEACHER" ] && teacher_args=(--teacher "$TEACHER")
+    # shellcheck disable=SC2086  # EXTRA is a list of arguments
+    (cd "$tree" && python3 -m benchmarks.cifar10_gpu --eval-on val --minutes 0.01 "${teacher_args[@]}" \
+        --method "$METHOD" --data "$DATA" --work-dir "/tmp/step_check_$name" --out "$OUT/trial_$name.json" \
+        $EXTRA "$@") > "$OUT/trial_$name.log" 2>&1
+    echo "$name: exit $?, $(grep -m1 'ms per round' "$OUT/trial_$name.log")"
+}
+
+[ -d .before ] && trial before "$ROOT/.before"
+trial eager "$ROOT"
+trial graphs "$ROOT" --cuda-graphs
+
+python3 - "$OUT" <<'EOF' | tee "$OUT/summary.txt"
+import json, pathlib, sys
+for path in sorted(pathlib.Path(sys.argv[1]).glob("trial_*.json")):
+    result = json.loads(path.read_text())
+    trial, student = result.get("trial") or {}, result.get("student") or {}
+    ms = 1000 * trial["seconds_per_round"] if "seconds_per_round" in trial else float("nan")
+    print(f"{path.stem}: {ms:.0f} ms per round; device {result.get('device')}; cuda_graphs: {student.get('cuda_graphs')}")
+EOF
