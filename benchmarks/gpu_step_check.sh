@@ -18,9 +18,13 @@ TEACHER=${TEACHER-benchmarks/teachers/cifar10_wrn_40_2.pth}  # empty: none (the 
 METHOD=${METHOD:-'{"student_steps": 40}'}
 EXTRA=${EXTRA:-}
 ROOT=$(pwd)
+for needed in "$DATA" ${TEACHER:+"$TEACHER"}; do  # the teacher is git-ignored: a lease must carry it
+    [ -e "$needed" ] || { echo "error: $needed not found (carry it, or set DATA / TEACHER)" >&2; exit 2; }
+done
 DATA=$(realpath "$DATA")
 [ -n "$TEACHER" ] && TEACHER=$(realpath "$TEACHER")
 mkdir -p "$OUT"
+OUT=$(realpath "$OUT")  # the trials run from their own trees
 
 python3 -m pytest -q -p no:cacheprovider \
     "tests/test_methods.py::test_a_round_of_the_default_method_never_makes_the_host_wait_for_the_gpu" \

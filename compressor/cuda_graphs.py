@@ -35,6 +35,23 @@ class _StudentForward(nn.Module):
         return self.student(images)
 
 
+class GraphedStudent(nn.Module):
+    """The student, replayed from its graphs where a call is what they recorded: training mode and the captured
+    batch shape. Anything else (the student in eval mode, another batch size) runs the student eagerly, rather
+    than replaying a training step's BatchNorm updates or failing to copy into the graph's input."""
+
+    def __init__(self, student: nn.Module, replay, shape: torch.Size) -> None:
+        super().__init__()
+        self.student = student
+        self._replay = replay  # the graphed wrapper's forward: a function, so not a second registered module
+        self.shape = shape
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.student.training and images.shape == self.shape:
+            return self._replay(images)
+        return self.student(images)
+
+
 def graph_student(student: nn.Module, sample: torch.Tensor, amp: bool) -> tuple[nn.Module | None, str]:
     """(the student's training forward as CUDA graphs, or None to run eagerly; one line saying which and why).
 
@@ -60,4 +77,5 @@ def graph_student(student: nn.Module, sample: torch.Tensor, amp: bool) -> tuple[
         student.train(was_training)
         for p, flag in zip(student.parameters(), needed_grad):
             p.requires_grad_(flag)
-    return graphed, f"the student's forward and backward replayed as CUDA graphs (batch {len(sample)})"
+    return GraphedStudent(student, graphed.forward, sample.shape), \
+        f"the student's forward and backward replayed as CUDA graphs (batch {len(sample)})"

@@ -57,9 +57,11 @@ def test_a_graphed_student_trains_as_the_eager_one(amp):
     for (name, a), b in zip(student.state_dict().items(), reference.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), **tol), name  # weights and BatchNorm statistics alike
     student.eval(), reference.eval()
+    trained = copy.deepcopy(student.state_dict())
     with torch.no_grad():
-        x = torch.randn(3, 3, 32, 32, device="cuda")  # another batch size: only the eager forward takes it
-        assert torch.allclose(student(x), reference(x), **tol)
+        for x in (torch.randn(8, 3, 32, 32, device="cuda"), torch.randn(3, 3, 32, 32, device="cuda")):
+            assert torch.allclose(graphed(x), reference(x), **tol)  # eval mode, any batch: the student's own forward
+    assert all(torch.equal(v, trained[k]) for k, v in student.state_dict().items())  # no training step replayed
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])

@@ -245,9 +245,9 @@ _SYNCING_OPS = {
 
 
 class _HostSyncs(TorchDispatchMode):
-    """Records the operators that make the host wait for the GPU when they run on CUDA: reading a value, and an
-    output whose shape depends on the data (nonzero, a boolean mask). The third kind, a blocking copy from the
-    host, cannot happen where there is one device: CUDA's sync debug mode checks it."""
+    """Records the operators that make the host wait for the GPU when they run on CUDA: reading a value, an output
+    whose shape depends on the data (nonzero, a boolean mask), and a number assigned through an index. Other
+    blocking copies from the host cannot happen where there is one device: CUDA's sync debug mode checks them."""
 
     def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
         super().__init__()
@@ -264,7 +264,9 @@ class _HostSyncs(TorchDispatchMode):
         if self.paused:
             return func(*args, **kwargs)
         masked = func is torch.ops.aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1])
-        if func in _SYNCING_OPS or masked:
+        # `t[rows, cols] = 0.5`: the number becomes a 0-d tensor on the host, which index_put_ copies to the GPU.
+        number_put = func in (torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default) and args[2].dim() == 0
+        if func in _SYNCING_OPS or masked or number_put:
             self.seen.append(str(func))
         return func(*args, **kwargs)
 

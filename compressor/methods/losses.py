@@ -89,13 +89,14 @@ def feature_repulsion(features: torch.Tensor, others: torch.Tensor, temperature:
     the shapes static, which `--compile` needs (a growing one recompiled the synthesis step every round)."""
     f = F.normalize(features.float(), dim=1)
     similarity = f @ others.to(f.device, f.dtype).T / temperature
+    # No Python number reaches the GPU as a tensor here: a plain copy of one (torch.tensor(x, device=...), or
+    # `t[rows, cols] = x`, whose index_put_ copies its 0-d value) makes the host wait for the GPU.
     if valid is None:
-        count = torch.tensor(float(len(others)), device=f.device)
+        count = torch.full((), float(len(others)), device=f.device)
     else:
         similarity = similarity.masked_fill(~valid, float("-inf"))
         count = valid.sum().float()
-    rows = torch.arange(len(f), device=f.device)
-    similarity[rows, rows + offset] = float("-inf")
+    similarity.diagonal(offset).fill_(float("-inf"))  # entries (i, offset + i): each image and itself
     # The mean over the global batch under torchrun (every rank logs the same value, and the gradient is exact).
     return global_batch_mean(torch.logsumexp(similarity, dim=1) - torch.log((count - 1).clamp_min(1)))
 
