@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu [--steps 200] [--pairs resnet34@32:0.1,wrn_40_2@32:0.08,cifar_resnet34@32:0.5]
     python -m benchmarks.gpu --tiny          # small shapes, a few steps, on the CPU: what the test suite runs
-    python -m benchmarks.gpu --compile off,inductor   # each pair eagerly and compiled, in one run
+    python -m benchmarks.gpu --compile off,inductor,cuda-graphs   # each pair eagerly, compiled and graphed, in one run
 
 Per teacher/student pair, the default method through the compressor's own loop (`compressor.distill.run`, the
 `paper` preset: batch 256) on a random teacher (speed does not depend on weights): steps/s, synthetic images/s,
@@ -72,7 +72,7 @@ class BusySampler:
 
 
 def run_pair(arch: str, size: int, ratio: float, steps: int, device: str, tiny: bool, work: Path,
-             compile_backend: str | None = None) -> dict:
+             compile_backend: str | None = None, cuda_graphs: bool = False) -> dict:
     torch.manual_seed(0)
     teacher_path = work / f"{arch}.pth"
     torch.save(create_model(arch, num_classes=10).state_dict(), teacher_path)
@@ -83,7 +83,7 @@ def run_pair(arch: str, size: int, ratio: float, steps: int, device: str, tiny: 
         out_dir=str(work / f"run-{arch}"), preset="paper",
         teacher=TeacherConfig(path=str(teacher_path), input_size=size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
         student=StudentConfig(ratio=ratio), generator=GeneratorConfig(width=8 if tiny else 64),
-        eval=EvalConfig(eval_every=max(1, steps // 2)), device=device, compile=compile_backend,
+        eval=EvalConfig(eval_every=max(1, steps // 2)), device=device, compile=compile_backend, cuda_graphs=cuda_graphs,
         **{**fields, "steps": steps},
     )
     if device == "cuda":
@@ -107,6 +107,7 @@ def run_pair(arch: str, size: int, ratio: float, steps: int, device: str, tiny: 
         "seconds_after_last_step": ended - loop_end,
         "device": report["device"],
         "compile": report["compile"],
+        "cuda_graphs": report["cuda_graphs"],
     }
 
 
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=200, help="rounds per pair")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--tiny", action="store_true", help="small shapes and 4 rounds on the CPU (a smoke test)")
-    p.add_argument("--compile", default="off", help="comma-separated torch.compile backends to run each pair with ('off': eager)")
+    p.add_argument("--compile", default="off", help="comma-separated ways to run each pair's steps: 'off' (eager), "
+                   "'cuda-graphs' (--cuda-graphs), or a torch.compile backend")
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/gpu_<device>.json)")
     args = p.parse_args(argv)
     device = "cpu" if args.tiny else ("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
@@ -128,12 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         for item in (args.pairs or (TINY_PAIRS if args.tiny else DEFAULT_PAIRS)).split(","):
             arch, _, rest = item.partition("@")
             size, _, ratio = rest.partition(":")
-            for backend in args.compile.split(","):
-                backend = None if backend in ("off", "") else backend
-                row = run_pair(arch, int(size), float(ratio), steps, device, args.tiny, Path(tmp), backend)
+            for mode in args.compile.split(","):
+                backend = None if mode in ("off", "", "cuda-graphs") else mode
+                row = run_pair(arch, int(size), float(ratio), steps, device, args.tiny, Path(tmp), backend,
+                               cuda_graphs=mode == "cuda-graphs")
                 rows.append(row)
                 busy = "n/a" if row["gpu_busy_percent"] is None else f"{row['gpu_busy_percent']:.0f} %"
-                print(f"{row['pair']} [{backend or 'eager'}]: {row['steps_per_second']:.2f} steps/s ({1000 / row['steps_per_second']:.0f} ms/step), "
+                print(f"{row['pair']} [{mode if mode not in ('off', '') else 'eager'}]: {row['steps_per_second']:.2f} steps/s ({1000 / row['steps_per_second']:.0f} ms/step), "
                       f"{row['images_per_second']:.0f} synthetic img/s, GPU busy {busy}, "
                       f"start->first step {row['seconds_to_first_step']:.1f} s, last step->end {row['seconds_after_last_step']:.1f} s",
                       flush=True)
