@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-points", type=int, default=10)
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                    help="compile the distillation's training steps (torch.compile, default backend inductor)")
-    p.add_argument("--cuda-graphs", action="store_true", help="replay the student's forward and backward as CUDA graphs")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay the training steps' forward and backward as CUDA graphs")
     p.add_argument("--method", default="{}", metavar="JSON",
                    help="the default method's settings that differ, e.g. '{\"student_steps\": 30}' (MethodSettings fields)")
     p.add_argument("--eval-on", choices=["test", "val"], default="test",
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         args.teacher_arch, args.student, args.teacher_epochs, args.device = "resnet14", "resnet8", 1, "cpu"
         args.eval_points = 2
     if args.compile and args.cuda_graphs:
-        p.error("choose --compile or --cuda-graphs, not both: each takes over the student's step")
+        p.error("choose --compile or --cuda-graphs, not both: each takes over the training steps")
     try:
         args.method = method_settings(args.method)
         return _benchmark(args, started, argv)

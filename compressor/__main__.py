@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                    help="compile the training steps with torch.compile (default backend inductor); off unless given")
     p.add_argument("--cuda-graphs", action="store_true",
-                   help="replay the student's forward and backward as CUDA graphs (one CUDA device; not with --compile)")
+                   help="replay the training steps' forward and backward as CUDA graphs (one CUDA device; not with --compile)")
     p.add_argument("--preset", choices=["default", "seed", "paper"])
     p.add_argument("--input-size", type=int)
     p.add_argument("--mean", type=_floats, help="per-channel input mean, e.g. 0.485,0.456,0.406")

@@ -165,15 +165,15 @@ class RunConfig(Strict):
     # torch.compile backend for the two training steps ("inductor"), or None for eager. Off by default until a
     # GPU measurement shows it pays for its compile time (python -m benchmarks.gpu --compile inductor).
     compile: str | None = None
-    # The student's forward and backward in each KD step replayed as CUDA graphs (compressor.cuda_graphs), on one
-    # CUDA device; elsewhere the run says so and goes on eagerly. Off by default until a GPU measurement shows it pays.
+    # Each synthesis step's and each KD step's forward and backward replayed as CUDA graphs (compressor.cuda_graphs),
+    # on one CUDA device; elsewhere the run says so and goes on eagerly. Off until a GPU measurement shows it pays.
     cuda_graphs: bool = False
     export_onnx: bool = True
 
     @model_validator(mode="after")
     def _one_way_to_speed_the_steps_up(self) -> "RunConfig":
         if self.compile and self.cuda_graphs:
-            raise ValueError("choose --compile or --cuda-graphs, not both: each takes over the student's step")
+            raise ValueError("choose --compile or --cuda-graphs, not both: each takes over the training steps")
         return self
 
     @field_validator("batch_size")

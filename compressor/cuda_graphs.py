@@ -1,38 +1,48 @@
-"""`--cuda-graphs`: the student's forward and backward in each KD step, replayed as CUDA graphs.
+"""`--cuda-graphs`: the forward and backward of a round's two steps, synthesis and distillation, replayed as CUDA graphs.
 
-On a GPU a small student's KD step is bound by launching kernels, not by arithmetic: an H200 measured about
-13.5 ms per step for an estimated few milliseconds of work (benchmarks/RESULTS.md). Eager PyTorch launches every
-convolution, normalisation, activation and autocast cast of the forward, and each node of the backward, one by one
-from Python and the autograd engine. A CUDA graph records that sequence once and replays it with one launch.
+On a GPU a round is bound by launching kernels, not by arithmetic: an H200 measured about 13.5 ms per KD step and
+51 ms per generator step for an estimated few milliseconds of work each (benchmarks/RESULTS.md). Eager PyTorch
+launches every convolution, normalisation, activation, autocast cast and BatchNorm-statistics hook of a forward, and
+each node of the backward, one by one from Python and the autograd engine. A CUDA graph records that sequence once
+and replays it with one launch.
 
-What is graphed is a thin wrapper around the student, which the method's student step calls through
-`Method.training_student` (where DistributedDataParallel's wrapper goes under torchrun): the student itself stays an
-ordinary module, so the generator's loss (which runs it in eval mode), evaluation, selection, checkpoints and the
-ONNX export use it exactly as before. PyTorch's `torch.cuda.make_graphed_callables` does the capture: it copies each
-batch into the graph's static input, replays the forward, and on backward replays the recorded backward, whose
-parameter gradients then reach the optimiser as usual (which, with the loss, the clipping and the batch drawing,
-stays eager). A graph needs a fixed batch shape (the loop's is), no host sync inside (a round has none: see
-tests/test_methods.py), and autocast without its weight cache.
+PyTorch's `torch.cuda.make_graphed_callables` does the capture: a call copies its input into the graph's static
+input and replays the forward; the backward replays the recorded backward, whose parameter gradients then reach
+the optimiser as usual (the optimisers, the clipping, the KD loss and the batch drawing stay eager). Two steps:
+- the student's training forward, wrapped in a module the method's student step calls through
+  `Method.training_student` (where DistributedDataParallel's wrapper goes under torchrun). The student itself stays an
+  ordinary module, so evaluation, selection, checkpoints and the ONNX export use it as before;
+- the synthesis step (the generator's images and the method's generator loss, with the teacher's and the student's
+  forwards inside), graphed with the generator's parameters as what it differentiates. What Python does during that
+  step (the BatchNorm hooks collecting moments, the features hook) happens once, at capture; the kernels it
+  launched are what each replay runs, on whatever the tensors it read hold by then (the student's weights, the
+  diversity bank, which is therefore updated in place).
+Each replays only where the call is what was captured (training mode, the captured shape), and runs eagerly
+otherwise. A graph needs a fixed batch (the loop's is), no host sync inside (a round has none: see
+tests/test_methods.py), and autocast without its weight cache. Capture runs each step a few times first (to let
+cuDNN choose its kernels outside the capture), which would move BatchNorm statistics: they are put back.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
 
 
-class _StudentForward(nn.Module):
-    """The student's forward, as a module of its own: make_graphed_callables replaces this wrapper's forward,
-    not the student's."""
+class _Step(nn.Module):
+    """A step as a module of its own, whose parameters are what its backward differentiates: make_graphed_callables
+    replaces this wrapper's forward, not the student's or the generator's."""
 
-    def __init__(self, student: nn.Module) -> None:
+    def __init__(self, owner: nn.Module, step: Callable) -> None:
         super().__init__()
-        self.student = student
+        self.owner = owner
+        self.step = step
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.student(images)
+    def forward(self, x: torch.Tensor):
+        return self.step(x)
 
 
 class GraphedStudent(nn.Module):
@@ -40,7 +50,7 @@ class GraphedStudent(nn.Module):
     batch shape. Anything else (the student in eval mode, another batch size) runs the student eagerly, rather
     than replaying a training step's BatchNorm updates or failing to copy into the graph's input."""
 
-    def __init__(self, student: nn.Module, replay, shape: torch.Size) -> None:
+    def __init__(self, student: nn.Module, replay: Callable, shape: torch.Size) -> None:
         super().__init__()
         self.student = student
         self._replay = replay  # the graphed wrapper's forward: a function, so not a second registered module
@@ -52,30 +62,87 @@ class GraphedStudent(nn.Module):
         return self.student(images)
 
 
-def graph_student(student: nn.Module, sample: torch.Tensor, amp: bool) -> tuple[nn.Module | None, str]:
-    """(the student's training forward as CUDA graphs, or None to run eagerly; one line saying which and why).
+class GraphedSteps(NamedTuple):
+    synthesis_loss: Callable  # z -> (images, loss, logs): graphed, or the eager step it was given
+    training_student: nn.Module | None  # the student's graphed training forward; None: the student runs eagerly
+    note: str  # one line for the run's report
 
-    `sample` is a batch of the shape every step will give. Capturing runs the student a few times on it (to let
-    cuDNN choose its kernels outside the capture), which would move its BatchNorm statistics: they are put back."""
-    if sample.device.type != "cuda":
-        return None, f"CUDA graphs need a CUDA device (this run is on {sample.device.type}): the student runs eagerly"
-    saved = copy.deepcopy(student.state_dict())
-    was_training, needed_grad = student.training, [p.requires_grad for p in student.parameters()]
-    student.train().requires_grad_(True)  # as in the student's steps, which is what the graph replays
-    wrapper = _StudentForward(student)
+
+def _capture(wrapper: nn.Module, sample: torch.Tensor, amp: bool, keep: list[nn.Module]) -> tuple[Callable | None, str]:
+    """(the wrapper's graphed forward, or None; why not). The modules in `keep` are put back as they were."""
+    saved = [copy.deepcopy(m.state_dict()) for m in keep]
     # The loop's autocast caches each weight's cast for the length of its context; a capture may not use that.
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if amp
-                else contextlib.nullcontext())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if amp else contextlib.nullcontext()
     try:
         with autocast:
-            graphed = torch.cuda.make_graphed_callables(wrapper, (sample.detach().clone(),))
-    except Exception as exc:  # an operator that cannot be captured, a student that syncs with the host
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        return None, f"CUDA graph capture failed, running eagerly: {type(exc).__name__}: {first_line}"
+            return torch.cuda.make_graphed_callables(wrapper, (sample,)).forward, ""
+    except Exception as exc:  # an operator that cannot be captured, a step that syncs with the host
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        return None, f"{type(exc).__name__}: {first_line}"
     finally:
-        student.load_state_dict(saved)
+        for m, state in zip(keep, saved):
+            m.load_state_dict(state)
+
+
+def graph_student(student: nn.Module, sample: torch.Tensor, amp: bool) -> tuple[GraphedStudent | None, str]:
+    """The student's training forward as CUDA graphs, or None and why not; `sample`: a batch of the steps' shape."""
+    if sample.device.type != "cuda":
+        return None, f"CUDA graphs need a CUDA device (this run is on {sample.device.type})"
+    was_training, needed_grad = student.training, [p.requires_grad for p in student.parameters()]
+    student.train().requires_grad_(True)  # as in the student's steps, which is what the graph replays
+    try:
+        replay, why = _capture(_Step(student, student), sample.detach().clone(), amp, [student])
+    finally:
         student.train(was_training)
         for p, flag in zip(student.parameters(), needed_grad):
             p.requires_grad_(flag)
-    return GraphedStudent(student, graphed.forward, sample.shape), \
-        f"the student's forward and backward replayed as CUDA graphs (batch {len(sample)})"
+    return (GraphedStudent(student, replay, sample.shape), "") if replay else (None, why)
+
+
+def graph_synthesis(synthesis_loss: Callable, generator: nn.Module, student: nn.Module, z: torch.Tensor,
+                    amp: bool) -> tuple[Callable | None, str]:
+    """The synthesis step `synthesis_loss(z) -> (images, loss, logs)` as CUDA graphs, or None and why not. It is
+    captured as a round runs it: the generator training, the student frozen. `z` is the round's noise (requiring
+    grad where the noise is optimised)."""
+    if z.device.type != "cuda":
+        return None, f"CUDA graphs need a CUDA device (this run is on {z.device.type})"
+    student_grads = [p.requires_grad for p in student.parameters()]
+    generator_was_training = generator.training
+    generator.train()
+    student.requires_grad_(False)
+    try:
+        replay, why = _capture(_Step(generator, synthesis_loss), z.detach().clone().requires_grad_(z.requires_grad),
+                               amp, [generator, student])
+    finally:
+        generator.train(generator_was_training)
+        for p, flag in zip(student.parameters(), student_grads):
+            p.requires_grad_(flag)
+    if replay is None:
+        return None, why
+
+    def graphed_synthesis(noise: torch.Tensor):
+        if not (generator.training and noise.shape == z.shape):
+            return synthesis_loss(noise)
+        images, loss, logs = replay(noise)
+        # The logs are read at the next flush, after later replays have overwritten the graph's outputs.
+        return images, loss, {k: v.clone() for k, v in logs.items()}
+
+    return graphed_synthesis, ""
+
+
+def graph_steps(synthesis_loss: Callable, generator: nn.Module, student: nn.Module, noise: torch.Tensor,
+                images: torch.Tensor, amp: bool) -> GraphedSteps:
+    """Both steps, each graphed where it can be: `noise` and `images` are samples of a round's noise and student
+    batch (drawn from a generator of their own, so the run's random streams stay as they are)."""
+    graphed_synthesis, synthesis_why = graph_synthesis(synthesis_loss, generator, student, noise, amp)
+    graphed_student, student_why = graph_student(student, images, amp)
+    if graphed_synthesis and graphed_student:
+        note = f"the synthesis and the student's steps replayed as CUDA graphs (batch {len(images)})"
+    elif not (graphed_synthesis or graphed_student) and synthesis_why == student_why:
+        note = f"{synthesis_why}: both steps run eagerly"
+    else:
+        note = "; ".join([
+            "the synthesis step replayed as CUDA graphs" if graphed_synthesis else f"the synthesis step runs eagerly ({synthesis_why})",
+            "the student's step replayed as CUDA graphs" if graphed_student else f"the student's step runs eagerly ({student_why})",
+        ]) + f" (batch {len(images)})"
+    return GraphedSteps(graphed_synthesis or synthesis_loss, graphed_student, note)

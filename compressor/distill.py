@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from compressor import distributed
 from compressor.batch_size import choose_batch_size
 from compressor.compile import compile_steps
-from compressor.cuda_graphs import graph_student
+from compressor.cuda_graphs import graph_steps
 from compressor.config import OptimizerConfig, RunConfig
 from compressor.data import PRESETS, IMAGENET_MEAN, IMAGENET_STD, LabelledData, Split, load_dataset, reported_split_indices, stratified_subset
 from compressor.errors import CompressorError
@@ -376,15 +376,18 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         if is_main and not quiet:
             print(compile_note)
     graphs_note = None
-    if cfg.cuda_graphs:  # the student's step runs its forward and backward as CUDA graphs
+    if cfg.cuda_graphs:  # both steps' forward and backward replayed as CUDA graphs, where they can be
         if world.distributed:
-            graphed, graphs_note = None, "CUDA graphs are not used under torchrun (DDP's gradient hooks): the student runs eagerly"
+            graphs_note = "CUDA graphs are not used under torchrun (DDP's gradient hooks): both steps run eagerly"
         else:
             own = torch.Generator(device=device).manual_seed(cfg.seed)  # the run's random streams stay as they are
-            sample = torch.randn(local_batch, *input_shape, device=device, generator=own)
-            graphed, graphs_note = graph_student(student, sample, use_amp)
-        if graphed is not None:
-            method.training_student = graphed
+            sample_z = torch.randn(local_batch, cfg.generator.noise_dim, device=device, generator=own)
+            sample_images = torch.randn(local_batch, *input_shape, device=device, generator=own)
+            graphs = graph_steps(synthesis_loss, round_generator, student, sample_z.requires_grad_(cfg.method.latent_lr > 0),
+                                 sample_images, use_amp)
+            synthesis_loss, graphs_note = graphs.synthesis_loss, graphs.note
+            if graphs.training_student is not None:
+                method.training_student = graphs.training_student
         if is_main and not quiet:
             print(graphs_note)
     if world.distributed:  # the student's step runs through DDP, which averages its gradients across ranks

@@ -137,7 +137,7 @@ def test_bad_gpu_method_settings_are_a_clear_error(tmp_path, capsys, method, mes
 
 
 def test_compiled_steps_and_cuda_graphs_together_are_refused(tmp_path, capsys):
-    """Each takes over the student's step; refused by the parser (exit 2) before any data is read or device time spent."""
+    """Each takes over the training steps; refused by the parser (exit 2) before any data is read or device time spent."""
     from benchmarks.cifar10_gpu import main as gpu_main
 
     with pytest.raises(SystemExit) as stop:

@@ -1,4 +1,5 @@
-"""`--cuda-graphs`: the student's training forward and backward replayed as CUDA graphs, or an eager run that says why.
+"""`--cuda-graphs`: the synthesis step and the student's training forward and backward replayed as CUDA graphs, or an
+eager run that says why.
 
 The tests that replay graphs need a GPU and are skipped without one (the device lease runs them)."""
 import contextlib
@@ -8,7 +9,10 @@ import json
 import pytest
 import torch
 
-from compressor.cuda_graphs import graph_student
+from compressor.config import MethodSettings
+from compressor.cuda_graphs import graph_student, graph_synthesis
+from compressor.generator import Generator
+from compressor.methods import SynthBatch, create_method
 from compressor.distill import run
 from compressor.models import create_model
 from tests.test_distill import _tiny_config
@@ -72,11 +76,59 @@ def test_a_run_with_cuda_graphs_trains_as_an_eager_run_and_says_which_it_was(tmp
     graphed = run(_tiny_config(tmp_path, "graphed", steps=4).model_copy(update={"device": device, "cuda_graphs": True}),
                   quiet=True).report
     if device == "cpu":
-        assert graphed["cuda_graphs"] == "CUDA graphs need a CUDA device (this run is on cpu): the student runs eagerly"
+        assert graphed["cuda_graphs"] == "CUDA graphs need a CUDA device (this run is on cpu): both steps run eagerly"
         tol = {"rel": 0, "abs": 0}  # the same run: the note must not have changed a random stream
     else:
-        assert graphed["cuda_graphs"] == "the student's forward and backward replayed as CUDA graphs (batch 16)"
+        assert graphed["cuda_graphs"] == "the synthesis and the student's steps replayed as CUDA graphs (batch 16)"
         tol = {"rel": 5e-2, "abs": 5e-3}  # bf16 autocast, and cuDNN may choose other kernels in another run
     for a, b in zip(lines("plain"), lines("graphed"), strict=True):
         assert a.keys() == b.keys()
         assert all(a[k] == pytest.approx(b[k], **tol) for k in a if k != "eval"), (a, b)
+
+
+@needs_cuda
+def test_a_graphed_synthesis_step_optimises_the_generator_as_the_eager_one(tmp_path):
+    """Two identical set-ups, one graphed: four generator steps (Adam) with the diversity bank filling between them
+    in place (the graph reads it where it was captured) and the student's weights changing under it. Losses, logs
+    and generator weights agree; the logs of one replay survive the next; the capture left the generator as it was."""
+    def build(workdir):
+        torch.manual_seed(0)
+        teacher = create_model("resnet20", num_classes=10).cuda().eval().requires_grad_(False)
+        student = create_model("resnet8", num_classes=10).cuda().requires_grad_(False)
+        gen = Generator(16, 3, 32, (0.5,) * 3, (0.25,) * 3, width=8).cuda()
+        method = create_method("default", teacher, student, gen, MethodSettings(pool_size=64, diversity_bank=16), workdir)
+
+        def synthesis_loss(z):
+            images = gen(z)
+            loss, logs = method.generator_loss(SynthBatch(z, images))
+            return images, loss, logs
+        return gen, student, method, synthesis_loss, torch.optim.Adam(gen.parameters(), lr=1e-3)
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    eager, graphed = build(tmp_path / "a"), build(tmp_path / "b")
+    before = copy.deepcopy(graphed[0].state_dict())
+    step, why = graph_synthesis(graphed[3], graphed[0], graphed[1], torch.randn(8, 16, device="cuda"), amp=False)
+    assert step is not None, why
+    assert all(torch.equal(v, before[k]) for k, v in graphed[0].state_dict().items())
+    kept = []
+    for i in range(4):
+        z = torch.randn(8, 16, device="cuda")
+        results = []
+        for (gen, student, method, eager_step, opt), run_step in ((eager, eager[3]), (graphed, step)):
+            images, loss, logs = run_step(z)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            method.store(images.detach())  # fills the bank the next step is repelled from
+            with torch.no_grad():
+                for p in student.parameters():  # the student moves between rounds; the graph must see it
+                    p.mul_(0.9)
+            results.append((loss.detach().clone(), logs))
+        (loss_e, logs_e), (loss_g, logs_g) = results
+        assert torch.allclose(loss_e, loss_g, atol=1e-4, rtol=1e-4), i
+        assert logs_e.keys() == logs_g.keys() and "g_repulsion" in logs_g
+        kept.append((logs_e, logs_g))
+    for logs_e, logs_g in kept:  # read after all four steps, as the loop's flush does
+        assert all(torch.allclose(logs_e[k], logs_g[k], atol=1e-4, rtol=1e-4) for k in logs_e)
+    for a, b in zip(eager[0].state_dict().values(), graphed[0].state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-4)

@@ -86,7 +86,7 @@ class DefaultMethod(Method):
             t_logits = self.teacher(batch.images)
         finally:
             self.bn_stats.active = False
-        bn_loss = self.bn_stats.collect().to(t_logits.device)
+        bn_loss = self.bn_stats.collect(t_logits.device)
         was_training = self.student.training
         self.student.eval()  # the generator's images must not move the student's BatchNorm statistics
         s_logits = self.student(batch.images)
@@ -139,8 +139,9 @@ class DefaultMethod(Method):
         """Keep the latest `diversity_bank` of `rows` at the end of the bank, the rest of it empty."""
         size = self.settings.diversity_bank
         rows = rows[-size:].to(self.feature_bank.device)
-        self.feature_bank = torch.cat([self.feature_bank.new_zeros(size - len(rows), self.feature_bank.shape[1]), rows])
-        self.bank_filled = torch.arange(size, device=self.bank_filled.device) >= size - len(rows)
+        # In place: a synthesis step replayed from a CUDA graph reads the bank where it was captured.
+        self.feature_bank.copy_(torch.cat([self.feature_bank.new_zeros(size - len(rows), self.feature_bank.shape[1]), rows]))
+        self.bank_filled.copy_(torch.arange(size, device=self.bank_filled.device) >= size - len(rows))
         self.bank_count = len(rows)
 
     def student_batch(self, batch_size: int) -> SynthBatch:

@@ -66,11 +66,11 @@ class BatchNormStatistics:
     def __len__(self) -> int:
         return len(self.layers)
 
-    def collect(self) -> torch.Tensor:
-        """The summed distance over the layers recorded since the last call."""
+    def collect(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The summed distance over the layers recorded since the last call (a zero on `device` if none were)."""
         moments, self._moments = self._moments, []
         if not moments:
-            return torch.zeros(())
+            return torch.zeros((), device=device)  # made there: a copy from the host would sync with the GPU
         sizes = [m.numel() for _, m, _ in moments]
         means, variances = combine_moments(torch.cat([m for _, m, _ in moments]), torch.cat([v for _, _, v in moments]))
         return torch.stack([
