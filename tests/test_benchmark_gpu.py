@@ -24,4 +24,4 @@ def test_each_pair_runs_once_per_step_mode_and_says_what_it_ran(tmp_path):
     assert main(["--tiny", "--compile", "off,cuda-graphs", "--out", str(out)]) == 0
     eager, graphed = json.loads(out.read_text())["rows"]
     assert eager["pair"] == graphed["pair"] and eager["cuda_graphs"] is None and graphed["compile"] is None
-    assert graphed["cuda_graphs"] == "CUDA graphs need a CUDA device (this run is on cpu): the student runs eagerly"
+    assert graphed["cuda_graphs"] == "CUDA graphs need a CUDA device (this run is on cpu): both steps run eagerly"
