@@ -20,7 +20,9 @@ the optimiser as usual (the optimisers, the clipping, the KD loss and the batch 
 Each replays only where the call is what was captured (training mode, the captured shape), and runs eagerly
 otherwise. A graph needs a fixed batch (the loop's is), no host sync inside (a round has none: see
 tests/test_methods.py), and autocast without its weight cache. Capture runs each step a few times first (to let
-cuDNN choose its kernels outside the capture), which would move BatchNorm statistics: they are put back.
+cuDNN choose its kernels outside the capture), which would move BatchNorm statistics: they are put back. Each graph
+keeps its activations in a memory pool of its own, so the two steps' peaks add up where eagerly the larger one
+counted: `--batch-size auto`, chosen eagerly, may leave too little room (a failed capture runs that step eagerly).
 """
 from __future__ import annotations
 
@@ -107,7 +109,7 @@ def graph_synthesis(synthesis_loss: Callable, generator: nn.Module, student: nn.
     if z.device.type != "cuda":
         return None, f"CUDA graphs need a CUDA device (this run is on {z.device.type})"
     student_grads = [p.requires_grad for p in student.parameters()]
-    generator_was_training = generator.training
+    generator_was_training, student_mode = generator.training, student.training  # the student's mode is the loop's
     generator.train()
     student.requires_grad_(False)
     try:
@@ -115,17 +117,21 @@ def graph_synthesis(synthesis_loss: Callable, generator: nn.Module, student: nn.
                                amp, [generator, student])
     finally:
         generator.train(generator_was_training)
+        student.train(student_mode)
         for p, flag in zip(student.parameters(), student_grads):
             p.requires_grad_(flag)
     if replay is None:
         return None, why
 
     def graphed_synthesis(noise: torch.Tensor):
-        if not (generator.training and noise.shape == z.shape):
+        # What the capture recorded: a training generator, this noise's shape and whether it is optimised, and the
+        # student's mode (a method may run the student as it is; the default one always runs it in eval mode).
+        if not (generator.training and student.training == student_mode and noise.shape == z.shape
+                and noise.requires_grad == z.requires_grad):
             return synthesis_loss(noise)
         images, loss, logs = replay(noise)
         # The logs are read at the next flush, after later replays have overwritten the graph's outputs.
-        return images, loss, {k: v.clone() for k, v in logs.items()}
+        return images, loss, {k: v.detach().clone() for k, v in logs.items()}
 
     return graphed_synthesis, ""
 

@@ -96,7 +96,10 @@ def test_a_graphed_synthesis_step_optimises_the_generator_as_the_eager_one(tmp_p
         teacher = create_model("resnet20", num_classes=10).cuda().eval().requires_grad_(False)
         student = create_model("resnet8", num_classes=10).cuda().requires_grad_(False)
         gen = Generator(16, 3, 32, (0.5,) * 3, (0.25,) * 3, width=8).cuda()
-        method = create_method("default", teacher, student, gen, MethodSettings(pool_size=64, diversity_bank=16), workdir)
+        # The adversarial term on every image: on agreement only, a random pair may agree nowhere, and the student's
+        # weights would then not reach the loss at all.
+        settings = MethodSettings(pool_size=64, diversity_bank=16, adversarial_on_agreement=False)
+        method = create_method("default", teacher, student, gen, settings, workdir)
 
         def synthesis_loss(z):
             images = gen(z)
@@ -126,7 +129,7 @@ def test_a_graphed_synthesis_step_optimises_the_generator_as_the_eager_one(tmp_p
             results.append((loss.detach().clone(), logs))
         (loss_e, logs_e), (loss_g, logs_g) = results
         assert torch.allclose(loss_e, loss_g, atol=1e-4, rtol=1e-4), i
-        assert logs_e.keys() == logs_g.keys() and "g_repulsion" in logs_g
+        assert logs_e.keys() == logs_g.keys() and "g_repulsion" in logs_g and logs_g["g_adv"] > 0
         kept.append((logs_e, logs_g))
     for logs_e, logs_g in kept:  # read after all four steps, as the loop's flush does
         assert all(torch.allclose(logs_e[k], logs_g[k], atol=1e-4, rtol=1e-4) for k in logs_e)

@@ -81,7 +81,7 @@ class DefaultMethod(Method):
 
     def generator_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
         s = self.settings
-        self.bn_stats.active = True
+        self.bn_stats.start()
         try:
             t_logits = self.teacher(batch.images)
         finally:
@@ -89,8 +89,10 @@ class DefaultMethod(Method):
         bn_loss = self.bn_stats.collect(t_logits.device)
         was_training = self.student.training
         self.student.eval()  # the generator's images must not move the student's BatchNorm statistics
-        s_logits = self.student(batch.images)
-        self.student.train(was_training)
+        try:
+            s_logits = self.student(batch.images)
+        finally:
+            self.student.train(was_training)
 
         kl = per_sample_kl(s_logits, t_logits)
         if s.adversarial_on_agreement:

@@ -63,6 +63,12 @@ class BatchNormStatistics:
         mean, var = local_moments(inputs[0])
         self._moments.append((module, mean, var))
 
+    def start(self) -> None:
+        """Record from here (until `active` is False), and only from here: what a forward that failed part-way left
+        (a CUDA graph capture that fell back to eager) must not reach the next `collect`."""
+        self._moments = []
+        self.active = True
+
     def __len__(self) -> int:
         return len(self.layers)
 
