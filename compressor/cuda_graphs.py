@@ -70,9 +70,23 @@ class GraphedSteps(NamedTuple):
     note: str  # one line for the run's report
 
 
-def _capture(wrapper: nn.Module, sample: torch.Tensor, amp: bool, keep: list[nn.Module]) -> tuple[Callable | None, str]:
-    """(the wrapper's graphed forward, or None; why not). The modules in `keep` are put back as they were."""
-    saved = [copy.deepcopy(m.state_dict()) for m in keep]
+@contextlib.contextmanager
+def _kept(modules: list[nn.Module]):
+    """Put `modules` back as they were: weights and buffers (a capture's warm-up passes move BatchNorm statistics),
+    training modes and which parameters require grad (set within, as a round runs the step)."""
+    saved = [(copy.deepcopy(m.state_dict()), m.training, [p.requires_grad for p in m.parameters()]) for m in modules]
+    try:
+        yield
+    finally:
+        for m, (state, training, needs_grad) in zip(modules, saved):
+            m.load_state_dict(state)
+            m.train(training)
+            for p, flag in zip(m.parameters(), needs_grad):
+                p.requires_grad_(flag)
+
+
+def _capture(wrapper: nn.Module, sample: torch.Tensor, amp: bool) -> tuple[Callable | None, str]:
+    """(the wrapper's graphed forward, or None; why not)."""
     # The loop's autocast caches each weight's cast for the length of its context; a capture may not use that.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if amp else contextlib.nullcontext()
     try:
@@ -81,45 +95,30 @@ def _capture(wrapper: nn.Module, sample: torch.Tensor, amp: bool, keep: list[nn.
     except Exception as exc:  # an operator that cannot be captured, a step that syncs with the host
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         return None, f"{type(exc).__name__}: {first_line}"
-    finally:
-        for m, state in zip(keep, saved):
-            m.load_state_dict(state)
 
 
 def graph_student(student: nn.Module, sample: torch.Tensor, amp: bool) -> tuple[GraphedStudent | None, str]:
     """The student's training forward as CUDA graphs, or None and why not; `sample`: a batch of the steps' shape."""
     if sample.device.type != "cuda":
         return None, f"CUDA graphs need a CUDA device (this run is on {sample.device.type})"
-    was_training, needed_grad = student.training, [p.requires_grad for p in student.parameters()]
-    student.train().requires_grad_(True)  # as in the student's steps, which is what the graph replays
-    try:
-        replay, why = _capture(_Step(student, student), sample.detach().clone(), amp, [student])
-    finally:
-        student.train(was_training)
-        for p, flag in zip(student.parameters(), needed_grad):
-            p.requires_grad_(flag)
+    with _kept([student]):
+        student.train().requires_grad_(True)  # as in the student's steps, which is what the graph replays
+        replay, why = _capture(_Step(student, student), sample.detach().clone(), amp)
     return (GraphedStudent(student, replay, sample.shape), "") if replay else (None, why)
 
 
 def graph_synthesis(synthesis_loss: Callable, generator: nn.Module, student: nn.Module, z: torch.Tensor,
                     amp: bool) -> tuple[Callable | None, str]:
     """The synthesis step `synthesis_loss(z) -> (images, loss, logs)` as CUDA graphs, or None and why not. It is
-    captured as a round runs it: the generator training, the student frozen. `z` is the round's noise (requiring
-    grad where the noise is optimised)."""
+    captured as a round runs it: the generator training, the student frozen (in the mode the loop left it). `z` is
+    the round's noise (requiring grad where the noise is optimised)."""
     if z.device.type != "cuda":
         return None, f"CUDA graphs need a CUDA device (this run is on {z.device.type})"
-    student_grads = [p.requires_grad for p in student.parameters()]
-    generator_was_training, student_mode = generator.training, student.training  # the student's mode is the loop's
-    generator.train()
-    student.requires_grad_(False)
-    try:
-        replay, why = _capture(_Step(generator, synthesis_loss), z.detach().clone().requires_grad_(z.requires_grad),
-                               amp, [generator, student])
-    finally:
-        generator.train(generator_was_training)
-        student.train(student_mode)
-        for p, flag in zip(student.parameters(), student_grads):
-            p.requires_grad_(flag)
+    student_mode = student.training
+    with _kept([generator, student]):
+        generator.train()
+        student.requires_grad_(False)
+        replay, why = _capture(_Step(generator, synthesis_loss), z.detach().clone().requires_grad_(z.requires_grad), amp)
     if replay is None:
         return None, why
 
