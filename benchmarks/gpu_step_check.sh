@@ -4,7 +4,7 @@
 #   OUT=... bash benchmarks/gpu_step_check.sh          (on the device: $OUT is the folder that comes back)
 #
 # 1. The tests that need CUDA: a round never makes the host wait for the GPU (CUDA's sync debug mode), and a
-#    synthesis step and a student replayed as CUDA graphs train as the eager ones. They are skipped on every machine without a GPU.
+#    synthesis step and a student replayed as CUDA graphs train as the eager ones (skipped without a GPU).
 # 2. The trial's milliseconds per round at k = 40 (benchmarks.cifar10_gpu, validation split, a few rounds) for:
 #    the tree before the no-sync change, if carried as .before/ (`git archive 4369a80 compressor benchmarks | tar
 #    -x -C .before`); this tree eagerly; and this tree with --cuda-graphs. Each JSON's trial.seconds_per_round is
