@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,11 +154,14 @@ def _decode_folder(folder: Path, size: int, channels: int) -> tuple[Split, list[
         for path in sorted((folder / cls).iterdir()):
             if path.suffix.lower() not in {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}:
                 continue
-            with Image.open(path) as im:
-                im = im.convert(mode)
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                images.append(np.asarray(im, dtype=np.uint8))
+            try:
+                with Image.open(path) as im:
+                    im = im.convert(mode)
+                    if im.size != (size, size):
+                        im = im.resize((size, size), Image.BILINEAR)
+                    images.append(np.asarray(im, dtype=np.uint8))
+            except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+                raise CompressorError(f"{path} is not a readable image ({exc})") from None
             labels.append(label)
     if not images:
         raise CompressorError(f"{folder} holds no images")
@@ -192,8 +196,13 @@ def extract_archive(archive: Path) -> Path:
     done = target / ".complete"
     if not done.exists():
         target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(target, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            shutil.rmtree(target, ignore_errors=True)  # half an archive must not pass for a dataset next time
+            reason = str(exc).splitlines()[0].rstrip(":") or type(exc).__name__
+            raise CompressorError(f"{archive} could not be unpacked as a tar archive of an image folder ({reason})") from None
         done.touch()
     children = [p for p in target.iterdir() if p.is_dir()]
     return children[0] if len(children) == 1 and not (target / "test").exists() else target

@@ -61,6 +61,20 @@ def test_bad_input(tmp_path, small_teacher, args, pattern):
     _assert_one_line_error(run_cli(*args, "--quiet", cwd=tmp_path), pattern)
 
 
+def test_an_unreadable_dataset_is_one_line_not_a_traceback(tmp_path, small_teacher):
+    """A truncated download or a stray file among the images: the user learns which file, and nothing is trained."""
+    broken = tmp_path / "cifar.tar.gz"
+    broken.write_bytes(b"\x1f\x8b" + b"not the rest of a gzip stream")
+    proc = run_cli("--teacher", str(small_teacher), "--ratio", "0.1", "--dataset", str(broken), "--quiet", cwd=tmp_path)
+    _assert_one_line_error(proc, f"{broken} could not be unpacked as a tar archive")
+    folder = tmp_path / "images" / "cat"
+    folder.mkdir(parents=True)
+    (folder / "0.jpg").write_text("a note saved with the wrong name")
+    proc = run_cli("--teacher", str(small_teacher), "--ratio", "0.1", "--dataset", str(folder.parent), "--quiet", cwd=tmp_path)
+    _assert_one_line_error(proc, f"{folder / '0.jpg'} is not a readable image")
+    assert not [p for p in tmp_path.glob("runs/**/*") if p.is_file()]  # no checkpoint, no report
+
+
 def test_malicious_checkpoint_exits_2_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     code = f"import os, pickle\nclass E:\n    def __reduce__(self):\n        return (os.system, ('touch {marker}',))\npickle.dump(E(), open('{tmp_path}/evil.pth', 'wb'))\n"

@@ -47,3 +47,23 @@ def test_unknown_or_missing_datasets_are_clear_errors(tmp_path):
         load_dataset("imagenet22k", None, False, 32, 3)
     with pytest.raises(CompressorError, match="--download"):
         load_dataset("cifar10", str(tmp_path), False, 32, 3)
+
+
+def test_a_broken_archive_leaves_nothing_behind_and_a_good_one_then_loads(tmp_path, monkeypatch):
+    """A failed unpacking must not leave half a folder that a later run would take for the dataset."""
+    import tarfile
+
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "src" / "test" / "cat"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(folder / "0.png")
+    archive = tmp_path / "d.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src", arcname="d")
+    good = archive.read_bytes()
+    archive.write_bytes(good[: len(good) // 2])  # a truncated copy, of the same name
+    with pytest.raises(CompressorError, match="could not be unpacked"):
+        load_dataset(str(archive), None, False, 8, 3)
+    assert not any((tmp_path / "cache").glob("archive-*"))
+    archive.write_bytes(good)
+    assert load_dataset(str(archive), None, False, 8, 3).class_names == ["cat"]
