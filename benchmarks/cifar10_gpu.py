@@ -7,10 +7,11 @@
 
 Published reference for the pair (../shared/METHODS.md): Fast-10 89.29 % in 0.15 GPU-hours, CMI 90.01 % in 13.3.
 
-1. The teacher: --teacher, else benchmarks/teachers/cifar10_wrn_40_2.pth where it exists (the H200's 200-epoch
-   teacher, 9 MB, kept out of git: its sha256 and the command that trained it are in the JSON beside it; a lease
-   carries it so as not to spend 6 of its 15 minutes retraining), else (or with --train-teacher) trained now by
-   `benchmarks.cifar10`'s teacher recipe on train/, in this process so that the data is decoded once.
+1. The teacher: --teacher, else benchmarks/teachers/cifar10_wrn_40_2.pth where it exists (a 200-epoch teacher,
+   9 MB; the JSON beside it records its sha256 and the command that trained it; a lease carries it so as not to
+   spend 6 of its 15 minutes retraining: the next one trained is to be committed, since git-ignored files do not
+   outlive a session), else (or with --train-teacher) trained now by `benchmarks.cifar10`'s teacher recipe on
+   train/, in this process so that the data is decoded once.
 2. A short timed trial of the distillation loop (after a warm-up) gives the seconds per round and per evaluation
    on this device; the run then gets as many rounds as fit the budget with its evaluations (the cosine schedule
    needs its length up front, so the budget becomes rounds).

@@ -9,22 +9,41 @@
 #    the tree before the no-sync change, if carried as .before/ (`git archive 4369a80 compressor benchmarks | tar
 #    -x -C .before`); this tree eagerly; and this tree with --cuda-graphs. Each JSON's trial.seconds_per_round is
 #    the figure; summary.txt lists them.
+# 0. With TEACHER_MINUTES, a missing teacher is trained first (the 200-epoch recipe at batch 512, its epochs fitted
+#    to those minutes) and copied to $OUT with its JSON: work trees are laid anew between sessions, so a
+#    git-ignored teacher does not outlive the session that fetched it. Commit the one that comes back.
 # Environment: OUT (required), DATA (.data/cifar10-jpeg.tar.gz), TEACHER (benchmarks/teachers/cifar10_wrn_40_2.pth),
+# TEACHER_MINUTES (unset: a missing teacher is an error), TEACHER_RECIPE (`benchmarks.cifar10 teacher`'s arguments),
 # METHOD ('{"student_steps": 40}'), EXTRA (more arguments for each trial, e.g. "--tiny --device cpu" for a dry run).
 set -u
 : "${OUT:?set OUT to the folder for the results}"
 DATA=${DATA:-.data/cifar10-jpeg.tar.gz}
 TEACHER=${TEACHER-benchmarks/teachers/cifar10_wrn_40_2.pth}  # empty: none (the trial trains one)
 METHOD=${METHOD:-'{"student_steps": 40}'}
+TEACHER_MINUTES=${TEACHER_MINUTES:-}
+TEACHER_RECIPE=${TEACHER_RECIPE:-"--arch wrn_40_2 --epochs 200 --batch-size 512 --lr 0.4 --device cuda"}
 EXTRA=${EXTRA:-}
 ROOT=$(pwd)
-for needed in "$DATA" ${TEACHER:+"$TEACHER"}; do  # the teacher is git-ignored: a lease must carry it
-    [ -e "$needed" ] || { echo "error: $needed not found (carry it, or set DATA / TEACHER)" >&2; exit 2; }
-done
+[ -e "$DATA" ] || { echo "error: $DATA not found (carry it, or set DATA)" >&2; exit 2; }
+if [ -n "$TEACHER" ] && [ ! -e "$TEACHER" ] && [ -z "$TEACHER_MINUTES" ]; then
+    echo "error: $TEACHER not found (carry it, set TEACHER, or set TEACHER_MINUTES to train it first)" >&2
+    exit 2
+fi
 DATA=$(realpath "$DATA")
-[ -n "$TEACHER" ] && TEACHER=$(realpath "$TEACHER")
 mkdir -p "$OUT"
 OUT=$(realpath "$OUT")  # the trials run from their own trees
+
+if [ -n "$TEACHER" ] && [ ! -e "$TEACHER" ]; then
+    mkdir -p "$(dirname "$TEACHER")"
+    # shellcheck disable=SC2086  # TEACHER_RECIPE is a list of arguments
+    python3 -m benchmarks.cifar10 teacher $TEACHER_RECIPE --minutes "$TEACHER_MINUTES" --data "$DATA" \
+        --out "$TEACHER" > "$OUT/teacher.log" 2>&1
+    status=$?
+    tail -n 3 "$OUT/teacher.log"
+    [ $status -eq 0 ] && [ -e "$TEACHER" ] || { echo "error: the teacher's training failed (exit $status)" >&2; exit 1; }
+    cp "$TEACHER" "${TEACHER%.pth}.json" "$OUT/"
+fi
+[ -n "$TEACHER" ] && TEACHER=$(realpath "$TEACHER")
 
 python3 -m pytest -q -p no:cacheprovider \
     "tests/test_methods.py::test_a_round_of_the_default_method_never_makes_the_host_wait_for_the_gpu" \

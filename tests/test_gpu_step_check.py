@@ -1,0 +1,48 @@
+"""`benchmarks/gpu_step_check.sh`, the first call of a GPU lease: it must refuse, before any device time is spent,
+what would only fail later, and say why in one line."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_step_check.sh"
+
+
+def check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    # python3 on the device is the one with torch; here it is the test's own interpreter
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    python3 = bin_dir / "python3"
+    python3.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # not a symlink: a venv knows itself by its path
+    python3.chmod(0o755)
+    environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"), **env}
+    return subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
+
+
+def test_a_missing_dataset_or_teacher_is_refused_in_one_line(tmp_path):
+    data = tmp_path / "cifar.tar.gz"
+    missing_data = check(tmp_path, DATA=str(data))
+    assert missing_data.returncode == 2
+    assert missing_data.stderr.strip() == f"error: {data} not found (carry it, or set DATA)"
+
+    data.write_bytes(b"not read before the teacher is found")
+    teacher = tmp_path / "teacher.pth"
+    missing_teacher = check(tmp_path, DATA=str(data), TEACHER=str(teacher))
+    assert missing_teacher.returncode == 2
+    assert "set TEACHER_MINUTES to train it first" in missing_teacher.stderr
+    assert not (tmp_path / "out" / "cuda_tests.txt").exists()  # nothing ran
+
+
+def test_a_teacher_that_fails_to_train_stops_the_check_and_says_so(tmp_path):
+    """With TEACHER_MINUTES the missing teacher is trained first; when that fails, no test or trial runs on a
+    teacher that is not there."""
+    data = tmp_path / "cifar.tar.gz"
+    data.write_bytes(b"not an archive")
+    teacher = tmp_path / "teachers" / "teacher.pth"
+    result = check(tmp_path, DATA=str(data), TEACHER=str(teacher), TEACHER_MINUTES="1",
+                   TEACHER_RECIPE="--arch resnet14 --epochs 1 --device cpu")
+    assert result.returncode == 1
+    assert "error: the teacher's training failed" in result.stderr
+    assert (tmp_path / "out" / "teacher.log").read_text().strip()  # the recipe's own error is kept for reading
+    assert not teacher.exists() and not (tmp_path / "out" / "cuda_tests.txt").exists()
