@@ -201,7 +201,7 @@ def extract_archive(archive: Path) -> Path:
                 tar.extractall(target, filter="data")
         except (tarfile.TarError, OSError, EOFError) as exc:
             shutil.rmtree(target, ignore_errors=True)  # half an archive must not pass for a dataset next time
-            reason = str(exc).splitlines()[0].rstrip(":") or type(exc).__name__
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(":")  # tarfile's message spans lines
             raise CompressorError(f"{archive} could not be unpacked as a tar archive of an image folder ({reason})") from None
         done.touch()
     children = [p for p in target.iterdir() if p.is_dir()]
