@@ -3,15 +3,15 @@
 #
 #   OUT=... bash benchmarks/gpu_step_check.sh          (on the device: $OUT is the folder that comes back)
 #
+# 0. With TEACHER_MINUTES, a missing teacher is trained first (the 200-epoch recipe at batch 512, its epochs fitted
+#    to those minutes) and copied to $OUT with its JSON: work trees are laid anew between sessions, so a
+#    git-ignored teacher does not outlive the session that fetched it. Commit the one that comes back.
 # 1. The tests that need CUDA: a round never makes the host wait for the GPU (CUDA's sync debug mode), and a
 #    synthesis step and a student replayed as CUDA graphs train as the eager ones (skipped without a GPU).
 # 2. The trial's milliseconds per round at k = 40 (benchmarks.cifar10_gpu, validation split, a few rounds) for:
 #    the tree before the no-sync change, if carried as .before/ (`git archive 4369a80 compressor benchmarks | tar
 #    -x -C .before`); this tree eagerly; and this tree with --cuda-graphs. Each JSON's trial.seconds_per_round is
 #    the figure; summary.txt lists them.
-# 0. With TEACHER_MINUTES, a missing teacher is trained first (the 200-epoch recipe at batch 512, its epochs fitted
-#    to those minutes) and copied to $OUT with its JSON: work trees are laid anew between sessions, so a
-#    git-ignored teacher does not outlive the session that fetched it. Commit the one that comes back.
 # Environment: OUT (required), DATA (.data/cifar10-jpeg.tar.gz), TEACHER (benchmarks/teachers/cifar10_wrn_40_2.pth),
 # TEACHER_MINUTES (unset: a missing teacher is an error), TEACHER_RECIPE (`benchmarks.cifar10 teacher`'s arguments),
 # METHOD ('{"student_steps": 40}'), EXTRA (more arguments for each trial, e.g. "--tiny --device cpu" for a dry run).
@@ -25,15 +25,15 @@ TEACHER_RECIPE=${TEACHER_RECIPE:-"--arch wrn_40_2 --epochs 200 --batch-size 512 
 EXTRA=${EXTRA:-}
 ROOT=$(pwd)
 [ -e "$DATA" ] || { echo "error: $DATA not found (carry it, or set DATA)" >&2; exit 2; }
-if [ -n "$TEACHER" ] && [ ! -e "$TEACHER" ] && [ -z "$TEACHER_MINUTES" ]; then
-    echo "error: $TEACHER not found (carry it, set TEACHER, or set TEACHER_MINUTES to train it first)" >&2
-    exit 2
-fi
 DATA=$(realpath "$DATA")
 mkdir -p "$OUT"
 OUT=$(realpath "$OUT")  # the trials run from their own trees
 
 if [ -n "$TEACHER" ] && [ ! -e "$TEACHER" ]; then
+    if [ -z "$TEACHER_MINUTES" ]; then
+        echo "error: $TEACHER not found (carry it, set TEACHER, or set TEACHER_MINUTES to train it first)" >&2
+        exit 2
+    fi
     mkdir -p "$(dirname "$TEACHER")"
     # shellcheck disable=SC2086  # TEACHER_RECIPE is a list of arguments
     python3 -m benchmarks.cifar10 teacher $TEACHER_RECIPE --minutes "$TEACHER_MINUTES" --data "$DATA" \
