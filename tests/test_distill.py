@@ -210,3 +210,45 @@ def test_a_named_student_is_built_as_registered_and_resumes_as_itself(tmp_path):
     assert report["ratio"] == pytest.approx(report["student"]["params"] / report["teacher"]["params"])
     weights = torch.load(tmp_path / "named" / "checkpoints" / "best.pt", weights_only=True)["student"]
     expected.load_state_dict(weights)  # the same architecture, key for key and shape for shape
+
+
+def _floats(state: dict, prefix: str = "") -> dict:
+    """The floating-point tensors of a state dict (weights and BatchNorm statistics), their keys without `prefix`."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and v.is_floating_point()}
+
+
+def test_an_averaged_student_is_what_is_evaluated_selected_and_kept(tmp_path):
+    """With a decay so close to 1 that the average never leaves the first round's student, every evaluation,
+    the selection and the kept student are that first student, while the trained one has moved on."""
+    first_cfg = _tiny_config(tmp_path, "first", steps=1)
+    run(first_cfg, quiet=True)
+    first = _floats(torch.load(tmp_path / "first" / "checkpoints" / "last.pt", weights_only=True)["student"])
+    cfg = _tiny_config(tmp_path, "averaged", steps=4)
+    cfg.student_ema_decay = 1 - 1e-9
+    result = run(cfg, quiet=True)
+    ckpt = torch.load(tmp_path / "averaged" / "checkpoints" / "last.pt", weights_only=True)
+    averaged, selected = _floats(ckpt["student_ema"], "module."), _floats(ckpt["selection"]["best_state"])
+    assert averaged.keys() == selected.keys() == first.keys()
+    assert all(torch.allclose(averaged[k], first[k], atol=1e-6) for k in first)
+    assert all(torch.allclose(selected[k], first[k], atol=1e-6) for k in first)
+    trained = _floats(ckpt["student"])
+    assert any(not torch.allclose(trained[k], first[k], atol=1e-3) for k in first), "the student did not train"
+    assert result.report["student_ema_decay"] == cfg.student_ema_decay
+
+
+def test_an_averaged_student_resumes_exactly(tmp_path):
+    """The average is state: a run stopped and resumed keeps the same average as one that never stopped."""
+    def config(name: str) -> RunConfig:
+        cfg = _tiny_config(tmp_path, name)
+        cfg.student_ema_decay = 0.9
+        return cfg
+
+    run(config("straight"), quiet=True)
+    assert not run(config("resumed"), stop_at_step=3, quiet=True).finished
+    run(RunConfig.model_validate_json((tmp_path / "resumed" / "config.json").read_text()), resume=True, quiet=True)
+    a, b = (torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True) for name in ("straight", "resumed"))
+    assert a["student_ema"].keys() == b["student_ema"].keys()
+    assert all(torch.equal(a["student_ema"][k], b["student_ema"][k]) for k in a["student_ema"])
+    assert all(torch.equal(a["selection"]["best_state"][k], b["selection"]["best_state"][k]) for k in a["student"])
+    # and the average is not the student itself
+    assert any(not torch.equal(a["student_ema"]["module." + k], a["student"][k]) for k in _floats(a["student"]))
