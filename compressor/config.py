@@ -131,9 +131,6 @@ class StudentConfig(Strict):
 class GeneratorConfig(Strict):
     noise_dim: int = Field(100, gt=0)
     width: int = Field(64, gt=0)
-    # Class-conditional (NAYER): every batch asks for every class alike, and the one-hot term is the
-    # teacher's cross-entropy against the class asked for (compressor.generator).
-    conditional: bool = False
 
 
 class EvalConfig(Strict):
@@ -162,11 +159,6 @@ class RunConfig(Strict):
     # 146 s and 9 GB per round at 128); on a GPU it grows until memory or throughput stops it.
     batch_size: int | Literal["auto"] = "auto"
     grad_clip: float | None = Field(5.0, gt=0)
-    # > 0: what is evaluated, selected and exported is an exponential moving average of the student's weights
-    # and BatchNorm statistics, with this decay per student update (applied once per round, as decay ** k), not
-    # the student as its last step left it: a synthetic batch is a noisy target, and the average smooths it out.
-    # 0: off (the student itself).
-    student_ema_decay: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # bf16 autocast, on CUDA only

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from compressor import distributed
@@ -323,8 +322,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     input_shape = (t.in_channels, t.input_size, t.input_size)
     teacher = teacher_info.model.to(device).eval()
     student = student.to(device)
-    generator = Generator(cfg.generator.noise_dim, t.in_channels, t.input_size, t.mean, t.std, cfg.generator.width,
-                          t.num_classes if cfg.generator.conditional else 0).to(device)
+    generator = Generator(cfg.generator.noise_dim, t.in_channels, t.input_size, t.mean, t.std, cfg.generator.width).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its fastest kernels once
         for m in (teacher, student, generator):
@@ -410,11 +408,6 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
     opt_g = make_optimizer(generator.parameters(), cfg.generator_optim, device)
     sched_s = make_schedule(opt_s, cfg.student_optim, cfg.steps)
     sched_g = make_schedule(opt_g, cfg.generator_optim, cfg.steps)
-    # What is evaluated, selected and exported: the student, or an exponential moving average of its weights and
-    # BatchNorm statistics (`student_ema_decay`), updated once per round with the decay of the round's k updates.
-    ema = (AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(cfg.student_ema_decay ** k_steps), use_buffers=True)
-           if cfg.student_ema_decay else None)
-    evaluated = ema.module if ema is not None else student
 
     # Selection data: a held-out pool of synthetic images (data-free) or an explicit validation split.
     split_indices = reported_split_indices(data.test.labels) if data else {}
@@ -444,8 +437,6 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         sched_s.load_state_dict(ckpt["sched_s"])
         sched_g.load_state_dict(ckpt["sched_g"])
         method.load_state_dict(ckpt["method"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["student_ema"])
         saved_world = int(ckpt.get("world_size", 1))
         if saved_world != world.size:
             raise CompressorError(f"this run was checkpointed by {saved_world} process(es); resume it with the same "
@@ -490,7 +481,6 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             "sched_s": sched_s.state_dict(),
             "sched_g": sched_g.state_dict(),
             "method": method.state_dict(),
-            "student_ema": ema.state_dict() if ema is not None else None,
             "rng": {"ranks": ranks, "noise": noise_rng.get_state(), "heldout": heldout_rng.get_state()},
             "world_size": world.size,
             "student_digests": digests,  # one per rank: equal, or the ranks' students have diverged
@@ -603,8 +593,6 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                 synthesised += batch.synthesised * world.size
                 logs.update(logs_s)
             distributed.broadcast_module(student, buffers_only=True)  # every rank: the same student, buffers too
-            if ema is not None:
-                ema.update_parameters(student)
             sched_s.step()
             sched_g.step()
             done = step + 1
@@ -619,7 +607,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
             # 3. Evaluation, selection and checkpoint, every eval_every steps and at the end (rank 0 only).
             if evaluates and is_main:
                 if cfg.eval.select_on == "val":
-                    preds = predict_logits(evaluated, val_images, device).argmax(1)
+                    preds = predict_logits(student, val_images, device).argmax(1)
                     score = (preds == val_labels).float().mean().item()
                     best_wins = best_state is None or score >= best_score
                 else:
@@ -632,19 +620,19 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
                     heldout_images = torch.cat([heldout_images, new_images])[-cfg.eval.heldout_max :]
                     heldout_labels = torch.cat([heldout_labels, new_labels])[-cfg.eval.heldout_max :]
                     # Current and best student are compared on the same, grown pool of never-trained-on images.
-                    score = teacher_agreement(evaluated, heldout_images, heldout_labels, device)
+                    score = teacher_agreement(student, heldout_images, heldout_labels, device)
                     best_wins = best_state is None
                     if not best_wins:
-                        incumbent = copy.deepcopy(evaluated)
+                        incumbent = copy.deepcopy(student)
                         incumbent.load_state_dict(best_state)
                         best_score = teacher_agreement(incumbent, heldout_images, heldout_labels, device)
                         best_wins = score >= best_score
                 if best_wins:
-                    best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
+                    best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
                     best_score, best_step = score, done
                 eval_record = {"step": done, "selection_score": score, "best_step": best_step}
                 if data is not None:
-                    top1, _, _ = evaluate_splits(evaluated, eval_set, {"full": split_indices["full"]}, None, None, device)
+                    top1, _, _ = evaluate_splits(student, eval_set, {"full": split_indices["full"]}, None, None, device)
                     last_eval_acc = top1["full"]
                     eval_record["accuracy"] = last_eval_acc
                 history.append(eval_record)
@@ -755,7 +743,6 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         "student_updates": cfg.steps * k_steps,
         "round": {"generator_steps": g_steps, "student_steps": k_steps},
         "batch_size": cfg.batch_size,
-        "student_ema_decay": cfg.student_ema_decay,  # > 0: the exported student is this average of the trained one
         "batch_size_auto": batch_choice.model_dump() if batch_choice else None,
         "compile": compile_note,
         "cuda_graphs": graphs_note,

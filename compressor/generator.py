@@ -24,15 +24,9 @@ class Generator(nn.Module):
         mean: tuple[float, ...],
         std: tuple[float, ...],
         width: int = 64,
-        num_classes: int = 0,
     ) -> None:
         super().__init__()
         self.noise_dim = noise_dim
-        # num_classes > 0: class-conditional, as NAYER's generator is. Each image's class is given by its place in
-        # the batch (`labels`: 0, 1, ..., C-1, 0, 1, ...), so every batch holds every class alike, and the class's
-        # learned embedding is added to the image's noise; callers still pass noise alone.
-        self.num_classes = num_classes
-        self.label_embedding = nn.Embedding(num_classes, noise_dim) if num_classes else None
         self.image_size = image_size
         # A small spatial seed and as many 2x upsampling stages as the size needs: two up to 32 px (8 -> 32),
         # five at 224 px (7 -> 224). The projection then stays small (a linear layer growing with the square of
@@ -53,14 +47,8 @@ class Generator(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
-    def labels(self, n: int, device: torch.device | str) -> torch.Tensor | None:
-        """The classes a conditional generator's batch of n images is asked for; None if it is not conditional."""
-        return torch.arange(n, device=device) % self.num_classes if self.num_classes else None
-
     def pixels(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], for looking at."""
-        if self.label_embedding is not None:
-            z = z + self.label_embedding(self.labels(len(z), z.device)).to(z.dtype)
         x = self.project(z).view(z.shape[0], 2 * self.width, self.init_size, self.init_size)
         x = self.body(x)
         if x.shape[-1] != self.image_size:

@@ -16,9 +16,8 @@ def test_generator_shape_and_normalised_range(size, channels):
     assert torch.allclose(pixels, gen.pixels(z), atol=1e-5)
 
 
-@pytest.mark.parametrize("num_classes", [0, 5], ids=["unconditional", "conditional"])
-def test_generator_is_trainable_end_to_end(num_classes):
-    gen = Generator(8, 3, 16, (0.0,) * 3, (1.0,) * 3, width=8, num_classes=num_classes)
+def test_generator_is_trainable_end_to_end():
+    gen = Generator(8, 3, 16, (0.0,) * 3, (1.0,) * 3, width=8)
     loss = gen(torch.randn(4, 8)).mean()
     loss.backward()
     assert all(p.grad is not None for p in gen.parameters())

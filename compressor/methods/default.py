@@ -101,7 +101,7 @@ class DefaultMethod(Method):
         else:
             adversarial = kl.mean()
         balance = class_balance(t_logits)
-        one_hot = one_hot_confidence(t_logits, self.generator.labels(len(t_logits), t_logits.device))
+        one_hot = one_hot_confidence(t_logits)
         loss = s.bn_weight * bn_loss + s.balance_weight * balance + s.one_hot_weight * one_hot - s.adversarial_weight * adversarial
         logs = {
             "g_bn": bn_loss.detach(),

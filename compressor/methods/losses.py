@@ -35,10 +35,9 @@ def class_balance(teacher_logits: torch.Tensor) -> torch.Tensor:
     return (mean_p * torch.log(mean_p.clamp_min(1e-8))).sum() + math.log(teacher_logits.shape[1])
 
 
-def one_hot_confidence(teacher_logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy against the classes asked for (a conditional generator's), or else against the teacher's own
-    argmax: pushes each image to look like one class."""
-    return F.cross_entropy(teacher_logits.float(), teacher_logits.argmax(dim=1) if labels is None else labels)
+def one_hot_confidence(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the teacher's own argmax: pushes each image to look like one class."""
+    return F.cross_entropy(teacher_logits.float(), teacher_logits.argmax(dim=1))
 
 
 class BatchNormStatistics:
