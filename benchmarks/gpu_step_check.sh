@@ -14,12 +14,13 @@
 #    the figure; summary.txt lists them.
 # Environment: OUT (required), DATA (.data/cifar10-jpeg.tar.gz), TEACHER (benchmarks/teachers/cifar10_wrn_40_2.pth),
 # TEACHER_MINUTES (unset: a missing teacher is an error), TEACHER_RECIPE (`benchmarks.cifar10 teacher`'s arguments),
-# METHOD ('{"student_steps": 40}'), EXTRA (more arguments for each trial, e.g. "--tiny --device cpu" for a dry run).
+# METHOD ('{"student_steps": 40, "generator_steps": 5}': the round the third lease tuned, and the same round in the
+# tree before, whose default g was 5), EXTRA (more arguments for each trial, e.g. "--tiny --device cpu" for a dry run).
 set -u
 : "${OUT:?set OUT to the folder for the results}"
 DATA=${DATA:-.data/cifar10-jpeg.tar.gz}
 TEACHER=${TEACHER-benchmarks/teachers/cifar10_wrn_40_2.pth}  # empty: none (the trial trains one)
-METHOD=${METHOD:-'{"student_steps": 40}'}
+METHOD=${METHOD:-'{"student_steps": 40, "generator_steps": 5}'}
 TEACHER_MINUTES=${TEACHER_MINUTES:-}
 TEACHER_RECIPE=${TEACHER_RECIPE:-"--arch wrn_40_2 --epochs 200 --batch-size 512 --lr 0.4 --device cuda"}
 EXTRA=${EXTRA:-}

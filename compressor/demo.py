@@ -18,7 +18,7 @@ from compressor.evaluate import evaluate_splits
 from compressor.models import create_model
 from compressor.supervised import train_classifier
 
-DEMO_STEPS = 50  # rounds: 250 generator and 500 student updates
+DEMO_STEPS = 50  # rounds: 500 generator and 500 student updates
 
 
 def train_digits_teacher(path: Path, epochs: int = 12, seed: int = 0) -> float:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from compressor.config import ROUND_DEFAULTS
 from tests.conftest import ROOT
 
 ARGS = ["--ratio", "0.1", "--steps", "4", "--eval-every", "2", "--batch-size", "32", "--dataset", "digits",
@@ -76,7 +77,9 @@ def test_rank_zero_alone_writes_and_the_ranks_students_are_identical(runs):
     assert not list(run_dir.glob("*.rank*")) and sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["world_size"] == 2 and report["batch_size"] == 32 and "2 processes" in report["device"]
-    assert report["images_synthesised"] == 4 * 5 * 32  # rounds x generator steps x global batch
+    g = ROUND_DEFAULTS["default"][0]
+    assert report["round"]["generator_steps"] == g
+    assert report["images_synthesised"] == 4 * g * 32  # rounds x generator steps x global batch
     for name in ("best.pt", "last.pt"):
         ckpt = torch.load(run_dir / "checkpoints" / name, weights_only=True)
         assert ckpt["world_size"] == 2 and len(ckpt["rng"]["ranks"]) == 2
