@@ -13,3 +13,10 @@ def first_problem(exc: ValidationError) -> str:
     what = str(cause) if cause is not None else first["msg"]  # a validator's own words, without "Value error, "
     where = ".".join(str(part) for part in first["loc"])
     return f"{where}: {what}" if where else what  # a rule across settings has no one place
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """An exception's message as one line (the first, where it spans several), or its type's name where it has
+    none: what a note or an error message quotes of a failure it goes on after."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line[:limit] if limit else line
