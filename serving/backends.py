@@ -9,7 +9,6 @@ compressor inherits it), so a resumed job never starts while an older process is
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
 import signal
 import subprocess
@@ -17,6 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Protocol
+
+from export.cli import ExitCode
+from serving.retry import wait_for_lock
 
 GRACE_SECONDS = 60  # how long a stopping compressor may take to write its checkpoint
 
@@ -67,20 +69,15 @@ def _kill_stale_compressor(lock_path: Path) -> None:
 def acquire_run_lock(lock_path: Path, give_up: Callable[[], bool] = lambda: False) -> IO[str] | None:
     """The job folder's lock. A process that lost its parent is still checkpointing (it got SIGINT); wait for it,
     and after the grace period kill it by the pid in the file. None if `give_up()` says to stop waiting."""
-    lock = lock_path.open("a+")
     deadline = time.monotonic() + GRACE_SECONDS + 10
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return lock
-        except BlockingIOError:
-            if give_up():
-                lock.close()
-                return None
-            if time.monotonic() > deadline:
-                _kill_stale_compressor(lock_path)
-                deadline = time.monotonic() + 10
-            time.sleep(0.5)
+
+    def kill_after_grace() -> None:
+        nonlocal deadline
+        if time.monotonic() > deadline:
+            _kill_stale_compressor(lock_path)
+            deadline = time.monotonic() + 10
+
+    return wait_for_lock(lock_path, "a+", 0.5, give_up, while_waiting=kill_after_grace)
 
 
 def start_compressor(argv: list[str], env: dict[str, str], log: IO[bytes], lock: IO[str], cwd: str | None = None
@@ -163,7 +160,7 @@ class RayHandle:
         try:
             return Outcome(int(self.ray.get(self.ref)))
         except exceptions.TaskCancelledError:
-            return Outcome(130)
+            return Outcome(ExitCode.INTERRUPTED)
         except (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.ActorDiedError,
                 exceptions.ObjectLostError, exceptions.RaySystemError) as exc:
             return Outcome(-1, lost=f"its Ray worker was lost ({type(exc).__name__})")

@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Sequence
 
+from serving.retry import Backoff
+
 log = logging.getLogger("serving")
 
 MIN_BACKOFF_SECONDS = 1.0
@@ -69,7 +71,7 @@ class WorkerSupervisor:
         return f"the job worker is not running ({self.last_exit or 'starting'}){when}; queued jobs wait for it"
 
     def _watch(self) -> None:
-        backoff = self.min_backoff
+        backoff = Backoff(self.min_backoff, self.max_backoff)
         while not self.stopping.is_set():
             rc = self.proc.wait()
             if self.stopping.is_set():
@@ -77,14 +79,13 @@ class WorkerSupervisor:
             ran = time.monotonic() - self.started_at
             self.last_exit = f"exited with code {rc} after {ran:.0f} s" if rc >= 0 else f"killed by signal {-rc} after {ran:.0f} s"
             if ran >= STABLE_SECONDS:
-                backoff = self.min_backoff
-            self.next_start = time.monotonic() + backoff
-            log.error("job worker %s; restarting in %.0f s", self.last_exit, backoff)
-            if self.stopping.wait(backoff):
+                backoff.reset()
+            self.next_start = time.monotonic() + backoff.delay
+            log.error("job worker %s; restarting in %.0f s", self.last_exit, backoff.delay)
+            if backoff.wait(self.stopping):
                 return
             self.restarts += 1
             self._spawn()
-            backoff = min(self.max_backoff, backoff * 2)
 
     def stop(self, timeout: float = 90) -> None:
         """A clean stop lets the running job write its checkpoint; it resumes at the next start."""
