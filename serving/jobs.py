@@ -17,6 +17,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from compressor.run_folder import RunPaths, read_metrics
 from serving.schemas import JobOptions, JobProgress, JobState, JobView
 
 DOWNLOADABLE = ("student.onnx", "report.json", "report.md", "student.fp16.onnx", "student.int8.onnx", "accuracy.png",
@@ -109,24 +110,7 @@ class JobStore:
 
         The file grows while the job runs, so a last line without its newline is not read yet; a resumed run
         rewrites its tail, which a poller that starts again from 0 sees whole."""
-        path = self.run_dir(job_id) / "metrics.jsonl"
-        records: list[dict] = []
-        next_line = start
-        try:
-            with path.open("rb") as f:
-                for line_no, line in enumerate(f):
-                    if line_no < start:
-                        continue
-                    if not line.endswith(b"\n") or len(records) >= limit:
-                        break
-                    try:
-                        records.append(json.loads(line))
-                    except ValueError:
-                        records.append({})  # a damaged line keeps its place, so line numbers stay true
-                    next_line = line_no + 1
-        except FileNotFoundError:
-            pass
-        return records, next_line
+        return read_metrics(RunPaths(self.run_dir(job_id)).metrics, start, limit)
 
     def new_job_dir(self) -> tuple[str, Path]:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -236,7 +220,7 @@ class JobStore:
         """
         recovered = []
         for job in self.list(status="running", limit=10_000):
-            checkpoint = self.run_dir(job.job_id) / "checkpoints" / "last.pt"
+            checkpoint = RunPaths(self.run_dir(job.job_id)).last
             if job.cancel_requested:
                 self.finish(job.job_id, "cancelled")
                 self.add_note(job.job_id, "cancelled: the server stopped while the cancel was being carried out")

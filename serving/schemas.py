@@ -5,7 +5,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from compressor.config import Std
+from compressor.config import MethodName, PresetName, Std, StudentConfig
+
+# The compressor's own names, so the API and its OpenAPI enums list exactly what a run accepts.
+StudentFamily = StudentConfig.model_fields["family"].annotation
 
 
 class Strict(BaseModel):
@@ -67,9 +70,9 @@ class JobOptions(Strict):
 
     ratio: float = Field(gt=0, lt=1)
     name: str | None = Field(None, max_length=120, description="a label for people; never used as a path or markup")
-    method: Literal["default", "dfad"] = "default"
-    preset: Literal["default", "seed", "paper"] = "default"
-    student: Literal["auto", "resnet", "mobilenet"] = "auto"
+    method: MethodName = "default"
+    preset: PresetName = "default"
+    student: StudentFamily = "auto"
     macs_ratio: float | None = Field(None, gt=0, le=100)
     steps: int | None = Field(None, gt=0)
     batch_size: int | None = Field(None, gt=1, le=1024)

@@ -9,7 +9,6 @@ service shutting down or the service dying.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import re
@@ -22,15 +21,18 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from export.cli import ExitCode
+from compressor.run_folder import RunPaths, read_metrics
 from serving.backends import GRACE_SECONDS, Backend, LocalBackend, Outcome, RayBackend
 from serving.jobs import JobStore
+from serving.retry import Backoff, wait_for_lock
+from serving.runs import run_args
 from serving.schemas import JobProgress, JobView
 from serving.settings import read_settings
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout a Ray task imports the compressor from
 POLL_SECONDS = 0.5
 STORAGE_BACKOFF_MAX = 30.0
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.\-]+)+[\\/]([\w.\-]+)")
@@ -48,9 +50,9 @@ class MetricsTail:
     """Follows a run's metrics.jsonl incrementally and folds it into a JobProgress."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.config = run_dir / "config.json"
-        self.offset = 0
+        paths = RunPaths(run_dir)
+        self.path, self.config = paths.metrics, paths.config
+        self.next_line = 0
         self.progress = JobProgress()
 
     def poll(self) -> JobProgress | None:
@@ -59,20 +61,12 @@ class MetricsTail:
                 self.progress.total_steps = json.loads(self.config.read_text())["steps"]
             except (ValueError, KeyError):
                 pass
-        if not self.path.is_file():
+        records, self.next_line = read_metrics(self.path, self.next_line)  # complete lines only
+        if not records:
             return None
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]  # a half-written line waits for the next poll
-        if not complete:
-            return None
-        self.offset += len(complete)
         p = self.progress
-        for line in complete.decode().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
+        for record in records:
+            if not record:  # a damaged line
                 continue
             p.step = int(record.get("step", p.step))
             p.losses = {k: float(v) for k, v in record.items() if k not in ("step", "lr", "eval") and isinstance(v, (int, float))}
@@ -103,13 +97,12 @@ class Worker:
     def command(self, job: JobView) -> list[str]:
         run_dir = self.store.run_dir(job.job_id)
         base = [sys.executable, "-m", "compressor", "--quiet"]
-        if (run_dir / "checkpoints" / "last.pt").is_file():
+        if RunPaths(run_dir).last.is_file():
             return base + ["--resume", str(run_dir)]
-        return base + ["--teacher", str(self.store.teacher_path(job.job_id)), "--out", str(run_dir),
-                       "--device", self.device, *job.options.cli_args()]
+        return base + run_args(self.store, job.job_id, job.options, self.device)
 
     def run_job(self, job: JobView) -> None:
-        if job.options is None and not (self.store.run_dir(job.job_id) / "checkpoints" / "last.pt").is_file():
+        if job.options is None and not RunPaths(self.store.run_dir(job.job_id)).last.is_file():
             self.store.finish(job.job_id, "failed", "the job's stored options are not valid; submit it again")
             return
         env = {}
@@ -142,16 +135,15 @@ class Worker:
 
     def _until_stored(self, write: Callable[[], None]) -> None:
         """A finished job's outcome must reach the table: storage errors are retried with back-off."""
-        backoff = POLL_SECONDS
+        backoff = Backoff(POLL_SECONDS, STORAGE_BACKOFF_MAX)
         while True:
             try:
                 return write()
             except (sqlite3.Error, OSError) as exc:
                 if self.stopping.is_set():
                     raise  # the job stays 'running' and is recovered at the next start
-                print(f"worker: cannot record the job's outcome ({exc}); retrying in {backoff:.0f} s", flush=True)
-                self.stopping.wait(backoff)
-                backoff = min(STORAGE_BACKOFF_MAX, backoff * 2)
+                print(f"worker: cannot record the job's outcome ({exc}); retrying in {backoff.delay:.0f} s", flush=True)
+                backoff.wait(self.stopping)
 
     def _record_outcome(self, job: JobView, outcome: Outcome, tail: MetricsTail) -> None:
         progress = tail.poll()
@@ -172,7 +164,7 @@ class Worker:
         elif self.store.cancel_requested(job.job_id):
             self.store.finish(job.job_id, "cancelled")
             self.store.add_note(job.job_id, f"cancelled at step {tail.progress.step}; its checkpoint is kept")
-        elif rc == EXIT_INTERRUPTED and self.should_stop():
+        elif rc == ExitCode.INTERRUPTED and self.should_stop():
             pass  # the service is going away: the job stays 'running' and is resumed at the next start
         else:
             self.store.finish(job.job_id, "failed", self._failure_reason(job, rc))
@@ -191,7 +183,7 @@ class Worker:
     def serve(self) -> None:
         """Run queued jobs until told to stop. Storage errors (a full or read-only disk, a locked database) are
         waited out with back-off rather than fatal; a job that breaks the worker fails with the reason."""
-        recovered, backoff = False, POLL_SECONDS
+        recovered, backoff = False, Backoff(POLL_SECONDS, STORAGE_BACKOFF_MAX)
         while not self.should_stop():
             job = None
             try:
@@ -200,15 +192,15 @@ class Worker:
                         print(f"worker: job {job_id} was interrupted by a server stop; it will resume", flush=True)
                     recovered = True
                 job = self.store.claim_next()
-                backoff = POLL_SECONDS
+                backoff.reset()
                 if job is None:
                     self.stopping.wait(POLL_SECONDS)
                     continue
                 self.run_job(job)
             except (sqlite3.Error, OSError) as exc:
-                print(f"worker: job storage failed ({type(exc).__name__}: {exc}); retrying in {backoff:.0f} s", flush=True)
-                self.stopping.wait(backoff)
-                backoff = min(STORAGE_BACKOFF_MAX, backoff * 2)
+                print(f"worker: job storage failed ({type(exc).__name__}: {exc}); retrying in {backoff.delay:.0f} s",
+                      flush=True)
+                backoff.wait(self.stopping)
             except Exception as exc:  # a bug met by one job must not stop the queue
                 traceback.print_exc()
                 if job is not None:
@@ -235,16 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: worker.stopping.set())
     # One worker per jobs folder. A previous worker may still be checkpointing its job (a restarted front):
     # wait for its lock rather than leave the queue without a worker.
-    lock = (jobs_dir / "worker.lock").open("w")
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if worker.should_stop():
-                return 0
-            worker.stopping.wait(1.0)
+    lock = wait_for_lock(jobs_dir / "worker.lock", "w", 1.0, worker.should_stop, sleep=worker.stopping.wait)
+    if lock is None:
+        return 0
     worker.serve()
+    lock.close()
     return 0
 
 
