@@ -1,6 +1,6 @@
 """The BentoML deployable: `bentoml serve serving.service:Compressor`.
 
-One service, `Compressor`, the HTTP front (routes in `serving/routes.py`, auth and size limits in
+One service, `Compressor`, the HTTP front (routes in `serving/routes/`, auth and size limits in
 `serving/guards.py`, the web page in `serving/static/`). It runs the served ONNX model itself, behind a
 micro-batcher (`serving/inference.py`) that merges concurrent classifications into one ONNX Runtime call, and it
 starts the job worker (`serving/worker.py`) as a separate, supervised process, so training never slows
