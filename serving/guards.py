@@ -47,22 +47,35 @@ class Gatekeeper:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        headers = dict(scope.get("headers") or [])
+        refusal = self.refusal(path, dict(scope.get("headers") or []))
+        if refusal is not None:
+            return await _send_json(send, *refusal)
+        exchange = _CountedExchange(send, path, self.limit_for(path))
+        try:
+            await self.app(scope, exchange.counting(receive), exchange.send)
+        except Exception:
+            if not exchange.too_large:
+                raise
+        if exchange.too_large and not exchange.response_started:
+            await exchange.refuse_too_large()
 
+    def refusal(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, dict, list[tuple[bytes, bytes]]] | None:
+        """What to answer without calling the app (status, body, headers): the job worker down (/readyz), a
+        missing or wrong token, a declared body over the limit; None to go on."""
         if path == "/readyz":  # BentoML's answer is a bare 503; say what is wrong where we know it
             supervisor = current_supervisor()
             problem = supervisor.problem() if supervisor else None
             if problem:
-                return await _send_json(send, 503, {"error": problem}, [(b"retry-after", b"5")])
+                return 503, {"error": problem}, [(b"retry-after", b"5")]
 
         if _needs_token(path):
             token = self.settings.token
             if not token:
-                return await _send_json(send, 503, {"error": "compression is disabled on this server: the operator "
-                                                             "has not set COMPRESSOR_TOKEN"})
+                return 503, {"error": "compression is disabled on this server: the operator has not set "
+                                      "COMPRESSOR_TOKEN"}, []
             if not token_matches(headers.get(b"authorization", b"").decode("latin-1"), token):
-                return await _send_json(send, 401, {"error": "missing or wrong bearer token (Authorization: Bearer …)"},
-                                        [(b"www-authenticate", b'Bearer realm="compressor"')])
+                return 401, {"error": "missing or wrong bearer token (Authorization: Bearer …)"}, \
+                    [(b"www-authenticate", b'Bearer realm="compressor"')]
 
         limit = self.limit_for(path)
         declared = headers.get(b"content-length")
@@ -70,49 +83,53 @@ class Gatekeeper:
             try:
                 size = int(declared)
             except ValueError:
-                return await _send_json(send, 400, {"error": "invalid Content-Length header"})
+                return 400, {"error": "invalid Content-Length header"}, []
             if size > limit:
-                return await _send_json(send, 413, {"error": f"request body of {size:,} bytes exceeds the limit of "
-                                                             f"{limit:,} bytes for {path}"})
+                return 413, {"error": f"request body of {size:,} bytes exceeds the limit of {limit:,} bytes for {path}"}, []
+        return None
 
-        received = 0
-        too_large = False
-        response_started = False
 
+class _CountedExchange:
+    """One request passed on to the app with its body counted as it streams in. Past `limit` the app sees the
+    client leave and the client gets 413 instead of the app's answer; the router's own plain-text 404 (a path
+    outside our routes) becomes a JSON one."""
+
+    def __init__(self, send, path: str, limit: int) -> None:
+        self.downstream, self.path, self.limit = send, path, limit
+        self.received = 0
+        self.too_large = False
+        self.response_started = False
+        self.plain_not_found = False
+
+    def counting(self, receive):
         async def counting_receive():
-            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    too_large = True
+                self.received += len(message.get("body", b""))
+                if self.received > self.limit:
+                    self.too_large = True
                     return {"type": "http.disconnect"}  # the app stops reading; the reply below replaces its own
             return message
 
-        plain_not_found = False
+        return counting_receive
 
-        async def guarded_send(message):
-            nonlocal response_started, plain_not_found
-            if too_large:
-                if not response_started:
-                    response_started = True
-                    await _send_json(send, 413, {"error": f"request body exceeds the limit of {limit:,} bytes for {path}"})
+    async def refuse_too_large(self) -> None:
+        await _send_json(self.downstream, 413,
+                         {"error": f"request body exceeds the limit of {self.limit:,} bytes for {self.path}"})
+
+    async def send(self, message) -> None:
+        if self.too_large:
+            if not self.response_started:
+                self.response_started = True
+                await self.refuse_too_large()
+            return
+        if message["type"] == "http.response.start" and message["status"] == 404:
+            content_type = dict(message.get("headers") or []).get(b"content-type", b"")
+            if content_type.startswith(b"text/plain"):  # the router's own "Not Found", outside our routes
+                self.plain_not_found = self.response_started = True
+                await _send_json(self.downstream, 404, {"error": f"no endpoint at {self.path}"})
                 return
-            if message["type"] == "http.response.start" and message["status"] == 404:
-                content_type = dict(message.get("headers") or []).get(b"content-type", b"")
-                if content_type.startswith(b"text/plain"):  # the router's own "Not Found", outside our routes
-                    plain_not_found = response_started = True
-                    await _send_json(send, 404, {"error": f"no endpoint at {path}"})
-                    return
-            if plain_not_found:
-                return  # the plain-text body that belonged to the replaced answer
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, guarded_send)
-        except Exception:
-            if not too_large:
-                raise
-        if too_large and not response_started:
-            await _send_json(send, 413, {"error": f"request body exceeds the limit of {limit:,} bytes for {path}"})
+        if self.plain_not_found:
+            return  # the plain-text body that belonged to the replaced answer
+        self.response_started = self.response_started or message["type"] == "http.response.start"
+        await self.downstream(message)

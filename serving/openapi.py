@@ -1,6 +1,6 @@
 """The OpenAPI description of the routes BentoML cannot see.
 
-`/classify`, `/models` and `/compress/*` are a Starlette app mounted into the BentoML service (serving/routes.py
+`/classify`, `/models` and `/compress/*` are a Starlette app mounted into the BentoML service (serving/routes/
 says why), so BentoML's generated document lists only its own probes. This module describes them from the same
 pydantic models the handlers validate with (serving/schemas.py), with the bearer scheme on the protected paths,
 and merges the result into BentoML's document: one `/docs.json` for the Swagger page and for generated clients.
@@ -62,15 +62,13 @@ def _operation(summary: str, responses: dict, *, protected: bool, tag: str, **ex
 
 def paths() -> dict:
     """The mounted routes, each with its request and response schemas."""
+    return {**_classification_paths(), **_model_paths(), **_job_paths()}
+
+
+def _classification_paths() -> dict:
     image_form = {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "one or more image files"},
         "top_k": {"type": "integer", "default": 5}}}
-    option_fields = JobOptions.model_json_schema(ref_template=REF)["properties"]
-    submit_form = {"type": "object", "required": ["teacher", "ratio"], "properties": {
-        "teacher": {"type": "string", "format": "binary",
-                    "description": "a state dict (.pth, loaded with weights_only) or .safetensors; never TorchScript"},
-        **option_fields,
-        "options": {"type": "string", "description": "the same options as one JSON object, instead of fields"}}}
     return {
         "/classify": {"post": _operation(
             "Top-k classes of the served model for one or more images", tag="classification", protected=False,
@@ -82,6 +80,11 @@ def paths() -> dict:
                          "description": "only for a raw image body"}],
             responses={"200": _json(ClassifyResponse, "one top-k list per image, in request order"),
                        **_errors(400, 413, 415, 503)})},
+    }
+
+
+def _model_paths() -> dict:
+    return {
         "/models": {"get": _operation(
             "The served model and every student that can be served (server paths only with the token)",
             tag="models", protected=False, responses={"200": _json(ModelListing, "the catalogue")})},
@@ -89,6 +92,17 @@ def paths() -> dict:
             "Serve another model: 'default' or a succeeded job's student; no restart", tag="models", protected=True,
             requestBody={"required": True, "content": {"application/json": {"schema": _ref(SelectModel)}}},
             responses={"200": _json(ModelInfo, "the model now served"), **_errors(400, 401, 404)})},
+    }
+
+
+def _job_paths() -> dict:
+    option_fields = JobOptions.model_json_schema(ref_template=REF)["properties"]  # the compressor's names as enums
+    submit_form = {"type": "object", "required": ["teacher", "ratio"], "properties": {
+        "teacher": {"type": "string", "format": "binary",
+                    "description": "a state dict (.pth, loaded with weights_only) or .safetensors; never TorchScript"},
+        **option_fields,
+        "options": {"type": "string", "description": "the same options as one JSON object, instead of fields"}}}
+    return {
         "/compress/submit": {"post": _operation(
             "Queue a compression job for an uploaded teacher", tag="compression", protected=True,
             requestBody={"required": True, "content": {"multipart/form-data": {"schema": submit_form}}},
