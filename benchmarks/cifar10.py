@@ -16,14 +16,14 @@ import time
 from datetime import date
 from pathlib import Path
 
-import torch
-
 import numpy as np
+import torch
 import torch.nn as nn
 
 from compressor.config import EvalConfig, MethodSettings, RunConfig, StudentConfig, TeacherConfig, preset_overrides
 from compressor.data import CIFAR_MEAN, CIFAR_STD, LabelledData, Split, load_dataset, reported_split_indices, stratified_subset
-from compressor.distill import device_name, resolve_device, run
+from compressor.engine import run
+from compressor.engine.context import device_name, resolve_device
 from compressor.errors import CompressorError
 from compressor.evaluate import evaluate_splits
 from compressor.model_stats import count_params, profile_model

@@ -30,7 +30,7 @@ import json
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -40,7 +40,8 @@ from benchmarks.cifar10 import TEACHER_DIR, load_cifar10, npz_of, per_class_subs
 from benchmarks.cifar10_probe import json_object, validation_split
 from compressor.config import EvalConfig, MethodSettings, RunConfig, StudentConfig, TeacherConfig, preset_overrides
 from compressor.data import LabelledData
-from compressor.distill import device_name, resolve_device, run
+from compressor.engine import run
+from compressor.engine.context import device_name, resolve_device
 from compressor.errors import CompressorError, first_problem
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cifar10_gpu.json"
@@ -124,7 +125,7 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.cifar10_gpu " + " ".join(sys.argv[1:] if argv is None else argv)
-    result: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "command": command,
+    result: dict = {"date": datetime.now(UTC).isoformat(timespec="minutes"), "command": command,
                     "device": device_name(device), "machine": f"{platform.machine()}, torch {torch.__version__}"}
 
     def save() -> None:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from benchmarks.cifar10 import TEACHER_DIR, load_cifar10, npz_of
 from compressor.config import EvalConfig, RunConfig, StudentConfig, TeacherConfig
-from compressor.distill import run
-from benchmarks.cifar10 import TEACHER_DIR, npz_of, load_cifar10
 from compressor.data import Split, stratified_subset
+from compressor.engine import run
 from compressor.errors import CompressorError, first_problem
 
 VALIDATION_SEED = 2026

@@ -17,7 +17,7 @@ import torch
 
 from compressor.config import MethodSettings, preset_overrides
 from compressor.demo import demo_config, train_digits_teacher
-from compressor.distill import run
+from compressor.engine import run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

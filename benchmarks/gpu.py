@@ -4,7 +4,7 @@
     python -m benchmarks.gpu --tiny          # small shapes, a few steps, on the CPU: what the test suite runs
     python -m benchmarks.gpu --compile off,inductor,cuda-graphs   # each pair eagerly, compiled and graphed, in one run
 
-Per teacher/student pair, the default method through the compressor's own loop (`compressor.distill.run`, the
+Per teacher/student pair, the default method through the compressor's own loop (`compressor.engine.run`, the
 `paper` preset: batch 256) on a random teacher (speed does not depend on weights): steps/s, synthetic images/s,
 GPU busy % sampled through NVML while the loop runs (`nvidia-ml-py`; reported as null where there is none),
 peak GPU memory, seconds from start to the first step and from the last step to the end. One JSON per run in
@@ -18,13 +18,13 @@ import platform
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 from compressor.config import EvalConfig, GeneratorConfig, RunConfig, StudentConfig, TeacherConfig, preset_overrides
-from compressor.distill import run
+from compressor.engine import run
 from compressor.models import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,7 +56,7 @@ class BusySampler:
             self.samples.append((time.time(), int(util)))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "BusySampler":
+    def __enter__(self) -> BusySampler:
         if self._handle is not None:
             self._thread.start()
         return self
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     name = "tiny" if args.tiny else device
     out = args.out or RESULTS / f"gpu_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+    out.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="minutes"),
                                "machine": f"{platform.machine()}, torch {torch.__version__}",
                                "rows": rows}, indent=2))
     print(f"written {out}")

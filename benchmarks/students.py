@@ -13,7 +13,7 @@ import argparse
 import json
 import platform
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         size, _, classes = rest.partition(":")
         rows.append(measure(arch, int(size), int(classes or 10), args.ratio, args.seconds))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
-    result = {"ratio": args.ratio, "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+    result = {"ratio": args.ratio, "date": datetime.now(UTC).isoformat(timespec="minutes"),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "rows": rows}
     out = args.out or RESULTS / f"students_r{args.ratio:g}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

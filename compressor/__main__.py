@@ -9,17 +9,17 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import get_args
 
 from pydantic import ValidationError
 
 from compressor import distributed
-from compressor.config import MethodSettings, RunConfig, TeacherConfig, preset_overrides
+from compressor.config import RUN_PRESETS, MethodSettings, RunConfig, TeacherConfig, preset_overrides
 from compressor.errors import CompressorError, first_problem
-from export.cli import OneLineParser
-
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-EXIT_CHECK_FAILED = 3  # trained, but a check after training failed: the student and report are kept
+from compressor.methods import METHODS
+from compressor.run_folder import RunPaths
+from compressor.students import StudentFamily
+from export.cli import ExitCode, OneLineParser
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -58,10 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where cifar10/cifar100 live (torchvision layout)")
     p.add_argument("--download", action="store_true", default=None, help="allow torchvision to download CIFAR")
     p.add_argument("--steps", type=int, help="rounds: g generator updates on one batch, then k student updates (g, k: the method's)")
-    p.add_argument("--method", choices=["default", "dfad"])
+    p.add_argument("--method", choices=list(METHODS))
     p.add_argument("--macs-ratio", type=float,
                    help="student multiply-adds / teacher multiply-adds at the teacher's input size (default: --ratio)")
-    p.add_argument("--student", choices=["auto", "resnet", "mobilenet"],
+    p.add_argument("--student", choices=list(get_args(StudentFamily)),
                    help="student family (default auto: shaped like the teacher, depthwise for MobileNet/EfficientNet)")
     p.add_argument("--student-arch", metavar="NAME",
                    help="a registered architecture (e.g. wrn_16_1) as the student, instead of one planned for --ratio")
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile the training steps with torch.compile (default backend inductor); off unless given")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="replay the training steps' forward and backward as CUDA graphs (one CUDA device; not with --compile)")
-    p.add_argument("--preset", choices=["default", "seed", "paper"])
+    p.add_argument("--preset", choices=list(RUN_PRESETS))
     p.add_argument("--input-size", type=int)
     p.add_argument("--mean", type=_floats, help="per-channel input mean, e.g. 0.485,0.456,0.406")
     p.add_argument("--std", type=_floats, help="per-channel input std")
@@ -93,10 +93,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.ratio is not None and args.student_arch is not None:
         raise CompressorError("give --ratio (a planned student) or --student-arch (a named one), not both")
     preset = args.preset or "default"
-    method_name = args.method or ("dfad" if preset == "seed" else "default")
+    method_name = args.method or preset_overrides(preset).get("method", MethodSettings()).name
     size = args.student_arch or f"r{args.ratio:g}"
     out = args.out or f"runs/{Path(args.teacher).stem}-{size}-{method_name}"
-    if (Path(out) / "checkpoints" / "last.pt").exists() and not distributed.elastic_restart():
+    if RunPaths(out).last.exists() and not distributed.elastic_restart():
         raise CompressorError(f"{out} already holds a run; continue it with --resume {out}, or choose another --out")
     fields: dict = {"preset": preset, **preset_overrides(preset)}
     fields["out_dir"] = out
@@ -130,10 +130,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def load_resume_config(run_dir: str) -> RunConfig:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file() or not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+    paths = RunPaths(run_dir)
+    if not paths.resumable():
         raise CompressorError(f"{run_dir} is not a resumable run folder (needs config.json and checkpoints/last.pt)")
-    return RunConfig.model_validate_json(path.read_text())
+    return RunConfig.model_validate_json(paths.config.read_text())
 
 
 def summary(report: dict) -> str:
@@ -157,7 +157,7 @@ def take_ctrl_c() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     take_ctrl_c()
-    from compressor.distill import ChecksFailed, Interrupted, run
+    from compressor.engine import ChecksFailed, Interrupted, run
 
     try:
         if argv[:1] == ["demo"]:
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = run(cfg, resume=True, quiet=args.quiet, stop_at_step=args.stop_after)
             else:
                 cfg = config_from_args(args)
-                if distributed.elastic_restart() and (Path(cfg.out_dir) / "checkpoints" / "last.pt").is_file():
+                if distributed.elastic_restart() and RunPaths(cfg.out_dir).last.is_file():
                     # torchrun restarted every rank after one failed (--max-restarts): continue, do not start over
                     if distributed.from_environment().is_main:
                         print(f"torchrun restart {distributed.elastic_restart()}: continuing {cfg.out_dir} from its "
@@ -189,17 +189,17 @@ def main(argv: list[str] | None = None) -> int:
                     result = run(cfg, quiet=args.quiet, stop_at_step=args.stop_after)
     except CompressorError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except ValidationError as exc:
         print(f"error: invalid setting: {first_problem(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except Interrupted as exc:
         print(str(exc), file=sys.stderr)
         distributed.stop(together=False)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except ChecksFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CHECK_FAILED
+        return ExitCode.CHECK_FAILED
     finally:
         distributed.stop()  # under torchrun: leave the process group (no-op otherwise)
     if not result.finished:
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if not result.report:  # a torchrun rank other than 0: rank 0 evaluates and reports
         return 0
     print(summary(result.report))
-    print(f"report: {result.run_dir / 'report.md'}")
+    print(f"report: {RunPaths(result.run_dir).report}")
     return 0
 
 

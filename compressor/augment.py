@@ -43,18 +43,3 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator |
         x = torch.where(mirror, x.flip(-1), x)
     return x
 
-
-def mix_pairs(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Blend each image with another of its batch, weight λ ~ Beta(alpha, alpha) per image (mixup without labels).
-
-    For distillation the teacher labels the blend itself ("function matching", Beyer et al. 2022), so every
-    blend is a new, correctly labelled input: a small pool of synthetic images covers far more of the input
-    space. Draws come from the global CPU generator, so a seeded run repeats (and resumes) on any device.
-    """
-    n = x.shape[0]
-    # The settings have checked alpha: the distribution's own checks would read values back every step.
-    beta = torch.distributions.Beta(float(alpha), float(alpha), validate_args=False)
-    lam = host_to_device(beta.sample((n,)), x.device)
-    partner = host_to_device(torch.randperm(n), x.device)
-    lam = lam.to(x.dtype).view(n, 1, 1, 1)
-    return lam * x + (1 - lam) * x[partner]

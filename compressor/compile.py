@@ -8,9 +8,12 @@ round (whose effects the caller undoes) and falls back to eager, saying why, if 
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+
+from compressor.errors import first_line
 
 F = TypeVar("F", bound=Callable)
 
@@ -22,6 +25,5 @@ def compile_steps(steps: tuple[F, ...], backend: str, warm_up: Callable[[tuple[F
         warm_up(compiled)
     except Exception as exc:  # an unknown backend, an unsupported operator, a missing compiler toolchain
         torch._dynamo.reset()
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        return steps, f"torch.compile ({backend}) failed, running eagerly: {type(exc).__name__}: {first_line}"
+        return steps, f"torch.compile ({backend}) failed, running eagerly: {type(exc).__name__}: {first_line(exc, 200)}"
     return compiled, f"training steps compiled with torch.compile ({backend})"

@@ -5,14 +5,16 @@ The CLI maps flags onto these; each run writes its resolved `RunConfig` to
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compressor.errors import CompressorError
+from compressor.methods import METHODS
+from compressor.students import StudentFamily
 
-MethodName = Literal["default", "dfad"]
-PresetName = Literal["default", "seed", "paper"]
+MethodName = Literal[tuple(METHODS)]  # the method registry's names
 
 
 def _all_positive(values: tuple[float, ...]) -> tuple[float, ...]:
@@ -38,13 +40,6 @@ class OptimizerConfig(Strict):
     schedule: Literal["cosine", "constant"] = "cosine"
 
 
-# g generator steps and k student steps per round, by method, where the settings leave them unset. The default
-# method's g = 10 was chosen on the validation split at the CPU protocol's 1,200 student updates: it beat g = 5 on
-# every seed tried, by 1.9 points on average at ratio 0.2 (three seeds) and 2.5 at 0.1 (one), for 1.6 (ratio 0.2)
-# to 1.8 (ratio 0.1) times the wall time on a CPU: synthesis is the larger share of a round (benchmarks/RESULTS.md).
-ROUND_DEFAULTS: dict[str, tuple[int, int]] = {"dfad": (1, 5), "default": (10, 10)}
-
-
 class MethodSettings(Strict):
     """What a method minimises and stores, and its round: g generator steps on one batch, then k student steps.
 
@@ -53,21 +48,14 @@ class MethodSettings(Strict):
     """
 
     name: MethodName = "default"
-    generator_steps: int | None = Field(None, gt=0)  # g per round; None: ROUND_DEFAULTS
-    student_steps: int | None = Field(None, gt=0)  # k per round; None: ROUND_DEFAULTS
+    generator_steps: int | None = Field(None, gt=0)  # g per round; None: the method's default_round
+    student_steps: int | None = Field(None, gt=0)  # k per round; None: the method's default_round
     bn_weight: float = Field(10.0, ge=0)
     adversarial_weight: float = Field(0.5, ge=0)
     balance_weight: float = Field(1.0, ge=0)
     one_hot_weight: float = Field(0.5, ge=0)
-    adversarial_on_agreement: bool = True
     temperature: float = Field(4.0, gt=0)
     pool_size: int = Field(50_000, ge=1)  # synthetic images kept (uint8, memory-mapped in the run folder)
-    generator_reset_every: int = Field(0, ge=0)  # re-initialise the generator every this many rounds (0: never)
-    # Where a round's synthesis starts. "kept": from where the last round left the generator. "meta" (Fast's
-    # meta-generator): from a copy of a shared generator, which then takes one first-order meta step with the
-    # copy's summed gradients, so that it learns to be a start from which g steps reach a fresh, useful batch.
-    generator_start: Literal["kept", "meta"] = "kept"
-    latent_lr: float = Field(0.0, ge=0)  # > 0: the round's noise is optimised too (Adam, this rate), as in Fast
     # The generator is also pushed away from the images the pool already holds, in the teacher's own feature
     # space (what its last Linear layer receives): a repulsion from the rest of its batch and a bank of the
     # stored images' features (CMI's contrastive idea without its second view), against pools of near-duplicates.
@@ -77,9 +65,6 @@ class MethodSettings(Strict):
     diversity_temperature: float = Field(0.1, gt=0)
     augment: bool = True  # random crops of the pool's images, in whole pixels
     flip: bool = True
-    # > 0: each KD image is blended with another of its batch, λ ~ Beta(alpha, alpha), and the teacher labels the
-    # blend (function matching): new inputs at no synthesis cost. 0: off.
-    mixup_alpha: float = Field(0.0, ge=0)
     # The teacher labels a round's k student batches ahead, a chunk of them per forward pass, instead of one
     # forward per step. None: on CUDA only, where a KD step is bound by launching kernels. On a CPU it made a
     # round 30 % slower (benchmarks/RESULTS.md), so there the step labels its own batch, inside --compile's graph.
@@ -88,7 +73,7 @@ class MethodSettings(Strict):
     @property
     def round(self) -> tuple[int, int]:
         """(g, k): generator and student updates per round, the method's defaults where unset."""
-        g, k = ROUND_DEFAULTS[self.name]
+        g, k = METHODS[self.name].default_round
         return self.generator_steps or g, self.student_steps or k
 
 
@@ -106,7 +91,7 @@ class TeacherConfig(Strict):
 
 
 class StudentConfig(Strict):
-    family: Literal["auto", "resnet", "mobilenet"] = "auto"  # auto: the teacher's kind (depthwise or residual)
+    family: StudentFamily = "auto"  # auto: the teacher's kind (depthwise or residual)
     ratio: float = 0.1
     macs_ratio: float | None = None  # student / teacher multiply-adds at the teacher's input size; None: = ratio
     # A registered architecture (e.g. wrn_16_1) to use as it is instead of a planned one: how published pairs
@@ -146,6 +131,33 @@ class EvalConfig(Strict):
     heldout_max: int = Field(2048, gt=0)
 
 
+def _seed_preset() -> dict:
+    """The seed project's DFAD: Adam 1e-4 for the student, 0.7x that for the generator, batch 128, noise 100."""
+    return {
+        "method": MethodSettings(name="dfad"),
+        "student_optim": OptimizerConfig(name="adam", lr=1e-4, schedule="constant"),
+        "generator_optim": OptimizerConfig(name="adam", lr=7e-5, schedule="constant"),
+        "batch_size": 128,
+        "generator": GeneratorConfig(noise_dim=100),
+    }
+
+
+def _paper_preset() -> dict:
+    """A GPU schedule of the size the published CIFAR tables use."""
+    return {"steps": 8000, "batch_size": 256, "student_optim": OptimizerConfig(name="sgd", lr=0.1, weight_decay=5e-4)}
+
+
+# The presets by name: what each changes from the defaults (explicit flags win over it).
+RUN_PRESETS: dict[str, Callable[[], dict]] = {"default": dict, "seed": _seed_preset, "paper": _paper_preset}
+PresetName = Literal[tuple(RUN_PRESETS)]
+
+
+def preset_overrides(preset: str) -> dict:
+    if preset not in RUN_PRESETS:
+        raise CompressorError(f"unknown preset {preset!r}")
+    return RUN_PRESETS[preset]()
+
+
 class RunConfig(Strict):
     out_dir: str
     preset: PresetName = "default"
@@ -174,7 +186,7 @@ class RunConfig(Strict):
     export_onnx: bool = True
 
     @model_validator(mode="after")
-    def _one_way_to_speed_the_steps_up(self) -> "RunConfig":
+    def _one_way_to_speed_the_steps_up(self) -> RunConfig:
         if self.compile and self.cuda_graphs:
             raise ValueError("choose --compile or --cuda-graphs, not both: each takes over the training steps")
         return self
@@ -185,22 +197,3 @@ class RunConfig(Strict):
         if isinstance(v, int) and v < 2:
             raise ValueError(f"batch_size must be at least 2 (batch-norm statistics need a batch), got {v}")
         return v
-
-
-def preset_overrides(preset: PresetName) -> dict:
-    """What a preset changes from the defaults above; explicit flags win over it."""
-    if preset == "seed":
-        # The seed project's DFAD: Adam 1e-4 for the student, 0.7x that for the generator, batch 128, noise 100.
-        return {
-            "method": MethodSettings(name="dfad"),
-            "student_optim": OptimizerConfig(name="adam", lr=1e-4, schedule="constant"),
-            "generator_optim": OptimizerConfig(name="adam", lr=7e-5, schedule="constant"),
-            "batch_size": 128,
-            "generator": GeneratorConfig(noise_dim=100),
-        }
-    if preset == "paper":
-        # GPU schedule of the size the published CIFAR tables use.
-        return {"steps": 8000, "batch_size": 256, "student_optim": OptimizerConfig(name="sgd", lr=0.1, weight_decay=5e-4)}
-    if preset == "default":
-        return {}
-    raise CompressorError(f"unknown preset {preset!r}")

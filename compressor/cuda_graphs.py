@@ -9,8 +9,8 @@ and replays it with one launch.
 PyTorch's `torch.cuda.make_graphed_callables` does the capture: a call copies its input into the graph's static
 input and replays the forward; the backward replays the recorded backward, whose parameter gradients then reach
 the optimiser as usual (the optimisers, the clipping, the KD loss and the batch drawing stay eager). Two steps:
-- the student's training forward, wrapped in a module the method's student step calls through
-  `Method.training_student` (where DistributedDataParallel's wrapper goes under torchrun). The student itself stays an
+- the student's training forward, wrapped in a module the method's student step trains through (the run's
+  acceleration step hands it to the step, where DistributedDataParallel's wrapper goes under torchrun). The student itself stays an
   ordinary module, so evaluation, selection, checkpoints and the ONNX export use it as before;
 - the synthesis step (the generator's images and the method's generator loss, with the teacher's and the student's
   forwards inside), graphed with the generator's parameters as what it differentiates. What Python does during that
@@ -27,11 +27,14 @@ counted: `--batch-size auto`, chosen eagerly, may leave too little room (a faile
 from __future__ import annotations
 
 import contextlib
-import copy
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+
+from compressor.errors import first_line
+from compressor.kept import kept
 
 
 class _Step(nn.Module):
@@ -70,21 +73,6 @@ class GraphedSteps(NamedTuple):
     note: str  # one line for the run's report
 
 
-@contextlib.contextmanager
-def _kept(modules: list[nn.Module]):
-    """Put `modules` back as they were: weights and buffers (a capture's warm-up passes move BatchNorm statistics),
-    training modes and which parameters require grad (set within, as a round runs the step)."""
-    saved = [(copy.deepcopy(m.state_dict()), m.training, [p.requires_grad for p in m.parameters()]) for m in modules]
-    try:
-        yield
-    finally:
-        for m, (state, training, needs_grad) in zip(modules, saved):
-            m.load_state_dict(state)
-            m.train(training)
-            for p, flag in zip(m.parameters(), needs_grad):
-                p.requires_grad_(flag)
-
-
 def _capture(wrapper: nn.Module, sample: torch.Tensor, amp: bool) -> tuple[Callable | None, str]:
     """(the wrapper's graphed forward, or None; why not)."""
     # The loop's autocast caches each weight's cast for the length of its context; a capture may not use that.
@@ -93,15 +81,14 @@ def _capture(wrapper: nn.Module, sample: torch.Tensor, amp: bool) -> tuple[Calla
         with autocast:
             return torch.cuda.make_graphed_callables(wrapper, (sample,)).forward, ""
     except Exception as exc:  # an operator that cannot be captured, a step that syncs with the host
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        return None, f"{type(exc).__name__}: {first_line}"
+        return None, f"{type(exc).__name__}: {first_line(exc, 160)}"
 
 
 def graph_student(student: nn.Module, sample: torch.Tensor, amp: bool) -> tuple[GraphedStudent | None, str]:
     """The student's training forward as CUDA graphs, or None and why not; `sample`: a batch of the steps' shape."""
     if sample.device.type != "cuda":
         return None, f"CUDA graphs need a CUDA device (this run is on {sample.device.type})"
-    with _kept([student]):
+    with kept([student]):
         student.train().requires_grad_(True)  # as in the student's steps, which is what the graph replays
         replay, why = _capture(_Step(student, student), sample.detach().clone(), amp)
     return (GraphedStudent(student, replay, sample.shape), "") if replay else (None, why)
@@ -115,7 +102,7 @@ def graph_synthesis(synthesis_loss: Callable, generator: nn.Module, student: nn.
     if z.device.type != "cuda":
         return None, f"CUDA graphs need a CUDA device (this run is on {z.device.type})"
     student_mode = student.training
-    with _kept([generator, student]):
+    with kept([generator, student]):
         generator.train()
         student.requires_grad_(False)
         replay, why = _capture(_Step(generator, synthesis_loss), z.detach().clone().requires_grad_(z.requires_grad), amp)

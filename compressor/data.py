@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, first_line
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -201,7 +201,7 @@ def extract_archive(archive: Path) -> Path:
                 tar.extractall(target, filter="data")
         except (tarfile.TarError, OSError, EOFError) as exc:
             shutil.rmtree(target, ignore_errors=True)  # half an archive must not pass for a dataset next time
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(":")  # tarfile's message spans lines
+            reason = first_line(exc).rstrip(":")  # tarfile's message spans lines
             raise CompressorError(f"{archive} could not be unpacked as a tar archive of an image folder ({reason})") from None
         done.touch()
     children = [p for p in target.iterdir() if p.is_dir()]

@@ -13,7 +13,7 @@ import torch
 
 from compressor.config import EvalConfig, RunConfig, StudentConfig, TeacherConfig
 from compressor.data import DIGITS_MEAN, DIGITS_STD, load_digits
-from compressor.distill import RunResult, run
+from compressor.engine import RunResult, run
 from compressor.evaluate import evaluate_splits
 from compressor.models import create_model
 from compressor.supervised import train_classifier

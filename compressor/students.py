@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 import torch.nn as nn
 
@@ -23,10 +24,11 @@ from compressor.models import create_model
 from compressor.models.student_mobilenet import MobileNetStudentSpec, mobilenet_body_cost, mobilenet_student_cost
 from compressor.models.student_resnet import ResNetStudentSpec, resnet_student_cost
 
-StudentFamily = Literal["auto", "resnet", "mobilenet"]
+# The planned student families and the registered architecture each builds; "auto" picks one from the teacher.
+FAMILY_ARCHS = {"resnet": "student_resnet", "mobilenet": "student_mobilenet"}
+StudentFamily = Literal[("auto", *FAMILY_ARCHS)]
 MIN_FILL = 0.97  # the contract: params >= 0.97 x budget
 MIN_FIRST_WIDTH = 8  # below this the first stage is too thin to learn; depth gives way first
-_FAMILY_TO_ARCH = {"resnet": "student_resnet", "mobilenet": "student_mobilenet"}
 # Width growth from stage to stage. A fine grid matters: with the last width the only free integer, one more
 # channel can be more than the 3 % fill tolerance of a small budget, and a deeper student is then missed.
 GROWTHS = tuple(1.5 + 0.125 * i for i in range(21))  # 1.5 ... 4.0; doubling is preferred, then the nearest
@@ -188,7 +190,7 @@ def plan_student(
             f"multiply-adds ({budget.macs:,}); the cheapest needs --macs-ratio {needed:g} ({cheapest:,} MACs)"
         )
     _, spec, params, macs = best
-    return StudentPlan(family, _FAMILY_TO_ARCH[family], spec.model_dump(mode="json"), params, macs, budget.params, budget.macs)
+    return StudentPlan(family, FAMILY_ARCHS[family], spec.model_dump(mode="json"), params, macs, budget.params, budget.macs)
 
 
 def named_student(name: str, teacher: ModelProfile, num_classes: int, in_channels: int) -> StudentPlan:

@@ -4,7 +4,7 @@ Not part of data-free distillation; it exists because no teacher weights can be 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -67,13 +67,7 @@ def train_classifier(
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
-                logits = model(x)
-                if teacher is None:
-                    loss = F.cross_entropy(logits.float(), labels[idx])
-                else:
-                    with torch.no_grad():
-                        t_logits = teacher(x)
-                    loss = kl_at_temperature(logits.float(), t_logits.float(), temperature)
+                loss = _loss(model, x, labels[idx], teacher, temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -86,3 +80,14 @@ def train_classifier(
         if log:
             log(f"epoch {epoch + 1}/{epochs}: loss {total.item() / max(1, i + 1):.4f}")
     return model.eval()
+
+
+def _loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, teacher: nn.Module | None,
+          temperature: float) -> torch.Tensor:
+    """Cross-entropy on the labels, or with a teacher KD at `temperature` on the same real images."""
+    logits = model(x)
+    if teacher is None:
+        return F.cross_entropy(logits.float(), labels)
+    with torch.no_grad():
+        t_logits = teacher(x)
+    return kl_at_temperature(logits.float(), t_logits.float(), temperature)

@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from export.cli import EXIT_USAGE, OneLineParser
+from export.cli import ExitCode, OneLineParser
 from export.onnx import OPSET, ExportError, export_onnx, read_metadata, verify_onnx
 from export.providers import ProviderError
-
 
 
 class UsageError(Exception):
@@ -161,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         {"onnx": cmd_onnx, "verify": cmd_verify, "bench": cmd_bench}[args.command](args)
     except (UsageError, ExportError, ProviderError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     return 0
 
 

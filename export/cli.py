@@ -1,13 +1,21 @@
-"""What every command line of the project shares."""
+"""What every command line of the project shares: one-line usage errors and the exit codes."""
 from __future__ import annotations
 
 import argparse
+from enum import IntEnum
 
-EXIT_USAGE = 2
+
+class ExitCode(IntEnum):
+    """The exit codes of `python -m compressor` and `python -m export`, which the service's worker reads back."""
+
+    DONE = 0
+    USAGE = 2  # a user mistake: one line on stderr
+    CHECK_FAILED = 3  # trained, but a check after training failed: the student and the report are kept
+    INTERRUPTED = 130  # Ctrl-C or SIGINT: a checkpoint was written, `--resume` continues
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (the full usage stays behind --help)."""
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"error: {message} (see --help)\n")
+        self.exit(ExitCode.USAGE, f"error: {message} (see --help)\n")

@@ -14,7 +14,7 @@ def test_bentoml_build_succeeds(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     src = next((tmp_path / "home" / "bentos" / "dfcompress").glob("*/src"))
     for path in ("serving/service.py", "serving/worker.py", "serving/static/index.html", "serving/static/app.js",
-                 "compressor/distill.py", "export/onnx.py"):
+                 "compressor/engine/run.py", "export/onnx.py"):
         assert (src / path).is_file(), path
     assert not (src / "tests").exists() and not (src / "runs").exists()
     assert not (tmp_path / "jobs").exists()  # importing the service has no side effects on disk

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from compressor.models import create_model
+from compressor.run_folder import RunPaths
 from tests.conftest import ROOT, run_cli
 
 
@@ -100,7 +101,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, small_teacher):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
-    step = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"]
+    step = torch.load(RunPaths(out).last, weights_only=True)["step"]
     assert 2 <= step < 400
     # Resume with fewer remaining steps: shorten the run in its config, then finish it.
     cfg = (out / "config.json").read_text().replace('"steps": 400', f'"steps": {step + 2}')

@@ -11,9 +11,9 @@ import torch
 
 from compressor.config import MethodSettings
 from compressor.cuda_graphs import graph_student, graph_synthesis
+from compressor.engine import run
 from compressor.generator import Generator
 from compressor.methods import SynthBatch, create_method
-from compressor.distill import run
 from compressor.models import create_model
 from tests.test_distill import _tiny_config
 
@@ -96,9 +96,12 @@ def test_a_graphed_synthesis_step_optimises_the_generator_as_the_eager_one(tmp_p
         teacher = create_model("resnet20", num_classes=10).cuda().eval().requires_grad_(False)
         student = create_model("resnet8", num_classes=10).cuda().requires_grad_(False)
         gen = Generator(16, 3, 32, (0.5,) * 3, (0.25,) * 3, width=8).cuda()
-        # The adversarial term on every image: on agreement only, a random pair may agree nowhere, and the student's
-        # weights would then not reach the loss at all.
-        settings = MethodSettings(pool_size=64, diversity_bank=16, adversarial_on_agreement=False)
+        # The adversarial term counts where the two agree: a random pair may agree nowhere, and the student's weights
+        # would then not reach the loss at all. Both favour class 0, so they agree on most images whatever the step.
+        with torch.no_grad():
+            teacher.linear.bias[0] += 4
+            student.linear.bias[0] += 4
+        settings = MethodSettings(pool_size=64, diversity_bank=16)
         method = create_method("default", teacher, student, gen, settings, workdir)
 
         def synthesis_loss(z):

@@ -1,17 +1,16 @@
 import math
 
 import pytest
-
 import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from compressor.config import MethodSettings, RunConfig
-from compressor.distill import make_optimizer, optimizer_step
+from compressor.engine.optim import make_optimizer, optimizer_step
 from compressor.generator import Generator
 from compressor.methods import SynthBatch, create_method
-from compressor.methods.pool import SyntheticPool
 from compressor.methods.losses import BatchNormStatistics, class_balance, kl_at_temperature
+from compressor.methods.pool import SyntheticPool
 from compressor.models import create_model
 
 
@@ -91,8 +90,7 @@ def test_default_method_terms_pool_and_student_batches(tmp_path):
     assert torch.isfinite(s_loss)
 
 
-@pytest.mark.parametrize("mixup_alpha", [0.0, 0.4])
-def test_a_rounds_student_batches_are_labelled_ahead_in_chunks_as_drawn_one_by_one(tmp_path, mixup_alpha):
+def test_a_rounds_student_batches_are_labelled_ahead_in_chunks_as_drawn_one_by_one(tmp_path):
     """With `label_ahead` (CUDA's default) the teacher labels a round's k batches in chunks, one forward each,
     instead of one forward per step: the batches are the ones the step-by-step draws give, in order, with the
     teacher's logits for exactly them, and none is left over when the round ends (a checkpoint holds none).
@@ -101,7 +99,7 @@ def test_a_rounds_student_batches_are_labelled_ahead_in_chunks_as_drawn_one_by_o
     rounds = {}
     for chunk in (0, 1, 2, 3, 100):  # 0: off (a CPU's default); 1: a batch per chunk; chunks of 2, 2, 2, 1; 3, 3, 1; all
         (tmp_path / str(chunk)).mkdir()
-        method, gen = _parts("default", tmp_path / str(chunk), student_steps=k, mixup_alpha=mixup_alpha, label_ahead=chunk > 0)
+        method, gen = _parts("default", tmp_path / str(chunk), student_steps=k, label_ahead=chunk > 0)
         method.label_chunk_elements = max(1, chunk) * n * 3 * 32 * 32
         assert method.batches_per_label(n, 3 * 32 * 32) == (chunk if chunk >= 2 else 0)
         torch.manual_seed(1)
@@ -150,31 +148,6 @@ def test_pool_wraps_around_and_then_checkpoints_its_bytes(tmp_path):
     restored = SyntheticPool(5, tmp_path / "p.u8")
     restored.load_state_dict(state)
     assert torch.equal(restored.data, state["bytes"])
-
-
-def test_mixup_blends_each_image_with_another_of_its_batch():
-    """Each output is λ·x_i + (1 - λ)·x_j for one partner j of the same batch and one λ in [0, 1]."""
-    from compressor.augment import mix_pairs
-
-    torch.manual_seed(0)
-    x = torch.rand(16, 3, 8, 8)
-    state = torch.get_rng_state()
-    mixed = mix_pairs(x, 1.0)
-    assert mixed.shape == x.shape and not torch.allclose(mixed, x)
-    flat, src = mixed.flatten(1), x.flatten(1)
-    for i in range(len(x)):
-        found = False
-        for j in range(len(x)):
-            d = src[i] - src[j]
-            if j == i or d.abs().max() < 1e-6:
-                continue
-            lam = ((flat[i] - src[j]) @ d / (d @ d)).item()  # least-squares λ for this partner
-            if -1e-4 <= lam <= 1 + 1e-4 and torch.allclose(lam * src[i] + (1 - lam) * src[j], flat[i], atol=1e-5):
-                found = True
-                break
-        assert found or torch.allclose(flat[i], src[i], atol=1e-5), f"image {i} is not a blend of two batch images"
-    torch.set_rng_state(state)
-    assert torch.equal(mix_pairs(x, 1.0), mixed)  # seeded: a resumed run draws the same blends
 
 
 def test_feature_repulsion_is_lower_for_spread_features_and_counts_the_bank():
@@ -285,7 +258,7 @@ class _HostSyncs(TorchDispatchMode):
 def test_a_round_of_the_default_method_never_makes_the_host_wait_for_the_gpu(tmp_path, device, label_ahead):
     """A KD step on a GPU is bound by launching kernels: the host must stay ahead of the GPU. One sync per step
     (a blocking copy of the crops' random draws, a boolean mask) makes it wait for every kernel queued, so the
-    host's work and the GPU's add up instead of overlapping. Every term is on here: crops, flips, mixup, the
+    host's work and the GPU's add up instead of overlapping. Every term is on here: crops, flips, the
     diversity bank (its rows are read back each round), chunks labelled ahead or not. On CUDA, its sync debug
     mode raises at any synchronising call; everywhere, the operators that would sync there are recorded."""
     device = torch.device(device)
@@ -293,7 +266,7 @@ def test_a_round_of_the_default_method_never_makes_the_host_wait_for_the_gpu(tmp
     teacher = create_model("resnet20", num_classes=10).to(device).eval().requires_grad_(False)
     student = create_model("resnet20", num_classes=10).to(device)
     gen = Generator(16, 3, 32, (0.5,) * 3, (0.25,) * 3, width=8).to(device)
-    settings = MethodSettings(pool_size=64, student_steps=3, generator_steps=2, diversity_bank=16, mixup_alpha=0.4,
+    settings = MethodSettings(pool_size=64, student_steps=3, generator_steps=2, diversity_bank=16,
                               label_ahead=label_ahead)
     method = create_method("default", teacher, student, gen, settings, tmp_path)
     method.label_chunk_elements = 2 * 8 * 3 * 32 * 32  # chunks of 2 batches of 8

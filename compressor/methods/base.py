@@ -1,7 +1,7 @@
 """The method contract: what the generator and the student minimise.
 
-`compressor.distill` owns everything else (schedule, optimisers, AMP,
-checkpoints), so adding a method never touches the loop.
+`compressor.engine` owns everything else (schedule, optimisers, AMP,
+checkpoints, acceleration), so adding a method never touches the loop.
 """
 from __future__ import annotations
 
@@ -38,13 +38,11 @@ class Method(ABC):
     batch the round ended with, then k student steps, each `student_loss` on a `student_batch`."""
 
     name: str = "base"
+    default_round: tuple[int, int] = (1, 1)  # (g, k) where the settings leave the round unset
 
     def __init__(self, teacher: nn.Module, student: nn.Module, generator: Generator, settings, workdir: Path) -> None:
         self.teacher = teacher
         self.student = student  # for the generator's loss and evaluation: never synchronised across ranks
-        # What the student's own step runs: the student, or under torchrun its DistributedDataParallel wrapper
-        # (set by the loop), whose backward averages the gradients across ranks.
-        self.training_student: nn.Module = student
         self.generator = generator
         self.settings = settings
         self.workdir = workdir
@@ -54,8 +52,10 @@ class Method(ABC):
         """Loss the generator minimises on a batch it just produced (gradients flow into the generator)."""
 
     @abstractmethod
-    def student_loss(self, batch: SynthBatch) -> tuple[torch.Tensor, Logs]:
-        """Loss the student minimises on a detached synthetic batch."""
+    def student_loss(self, batch: SynthBatch, student: nn.Module | None = None) -> tuple[torch.Tensor, Logs]:
+        """Loss the student minimises on a detached synthetic batch, computed through `student`: what the run's
+        acceleration step trains through (the student itself where None, its CUDA-graphed forward, or under
+        torchrun its DistributedDataParallel wrapper, whose backward averages the gradients across ranks)."""
 
     def store(self, images: torch.Tensor) -> None:
         """Keep the batch a synthesis round ended with (detached, teacher's input space); the default keeps nothing."""

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-
 # On a GPU a pool up to this size lives in device memory: no host round trip, and no sync, per round.
 DEVICE_POOL_BYTES = 2 << 30
 

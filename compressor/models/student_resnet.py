@@ -30,7 +30,7 @@ class ResNetStudentSpec(BaseModel):
     head_hidden: int = Field(0, ge=0)  # 0: one linear layer after the global pool
 
     @model_validator(mode="after")
-    def _one_entry_per_stage(self) -> "ResNetStudentSpec":
+    def _one_entry_per_stage(self) -> ResNetStudentSpec:
         if not self.widths or not (len(self.widths) == len(self.blocks) == len(self.strides)):
             raise ValueError("widths, blocks and strides need one entry per stage")
         return self

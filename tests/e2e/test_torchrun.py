@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressor.config import ROUND_DEFAULTS
+from compressor.methods import METHODS
+from compressor.run_folder import RunPaths
 from tests.conftest import ROOT
 
 ARGS = ["--ratio", "0.1", "--steps", "4", "--eval-every", "2", "--batch-size", "32", "--dataset", "digits",
@@ -77,7 +78,7 @@ def test_rank_zero_alone_writes_and_the_ranks_students_are_identical(runs):
     assert not list(run_dir.glob("*.rank*")) and sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["world_size"] == 2 and report["batch_size"] == 32 and "2 processes" in report["device"]
-    g = ROUND_DEFAULTS["default"][0]
+    g = METHODS["default"].default_round[0]
     assert report["round"]["generator_steps"] == g
     assert report["images_synthesised"] == 4 * g * 32  # rounds x generator steps x global batch
     for name in ("best.pt", "last.pt"):
@@ -101,8 +102,8 @@ def test_a_stop_and_resume_under_torchrun_reproduce_the_uninterrupted_run(runs):
     second = compressor("--resume", str(out), "--quiet", nproc=2)
     assert second.returncode == 0, second.stderr[-3000:]
     assert metrics(out) == metrics(root / "pair")
-    a = torch.load(root / "pair" / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    a = torch.load(RunPaths(root / "pair").last, weights_only=True)
+    b = torch.load(RunPaths(out).last, weights_only=True)
     for part in ("student", "generator"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
 
