@@ -108,7 +108,8 @@ def train_teacher(args: argparse.Namespace, data: LabelledData | None = None, co
     out = Path(args.out) if args.out else TEACHER_DIR / f"cifar10_{args.arch}.pth"
     torch.save(model.cpu().state_dict(), out)
     info = {
-        "arch": args.arch, "epochs": epochs, "minutes": args.minutes, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+        "arch": args.arch, "epochs": epochs, "minutes": args.minutes, "lr": args.lr, "batch_size": args.batch_size,
+        "seed": args.seed,
         "accuracy": top1, "params": sum(p.numel() for p in model.parameters()), "wall_seconds": wall,
         "device": device_name(device), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "date": date.today().isoformat(), "command": command or "python -m benchmarks.cifar10 " + " ".join(sys.argv[1:]),
@@ -249,7 +250,8 @@ def markdown_table(result: dict) -> str:
                      f"{100 * a['test_20']:.2f} % | {100 * a['test_10']:.2f} % | {c['wall_seconds'] / 60:.1f} min | {ips} |")
     c = result["contenders"]
     if "default" in c and "kd-real" in c:
-        lines += ["", f"default / kd-real (full test set): **{c['default']['accuracy']['full'] / c['kd-real']['accuracy']['full']:.3f}**"]
+        lines += ["", "default / kd-real (full test set): "
+                      f"**{c['default']['accuracy']['full'] / c['kd-real']['accuracy']['full']:.3f}**"]
     return "\n".join(lines) + "\n"
 
 

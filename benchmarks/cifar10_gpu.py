@@ -134,7 +134,8 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     data = load_cifar10(args.data)
     if args.tiny:
         data = LabelledData(data.name, data.class_names, per_class_subset(data.train, 100, 0), per_class_subset(data.test, 20, 0))
-    print(f"[{time.time() - started:5.0f} s] data loaded: {len(data.train.labels):,} train, {len(data.test.labels):,} test", flush=True)
+    print(f"[{time.time() - started:5.0f} s] data loaded: {len(data.train.labels):,} train, {len(data.test.labels):,} test",
+          flush=True)
 
     teacher = args.teacher
     kept = TEACHER_DIR / f"cifar10_{args.teacher_arch}.pth"

@@ -136,9 +136,11 @@ def main(argv: list[str] | None = None) -> int:
                                cuda_graphs=mode == "cuda-graphs")
                 rows.append(row)
                 busy = "n/a" if row["gpu_busy_percent"] is None else f"{row['gpu_busy_percent']:.0f} %"
-                print(f"{row['pair']} [{mode if mode not in ('off', '') else 'eager'}]: {row['steps_per_second']:.2f} steps/s ({1000 / row['steps_per_second']:.0f} ms/step), "
+                print(f"{row['pair']} [{mode if mode not in ('off', '') else 'eager'}]: {row['steps_per_second']:.2f} steps/s "
+                      f"({1000 / row['steps_per_second']:.0f} ms/step), "
                       f"{row['images_per_second']:.0f} synthetic img/s, GPU busy {busy}, "
-                      f"start->first step {row['seconds_to_first_step']:.1f} s, last step->end {row['seconds_after_last_step']:.1f} s",
+                      f"start->first step {row['seconds_to_first_step']:.1f} s, "
+                      f"last step->end {row['seconds_after_last_step']:.1f} s",
                       flush=True)
     name = "tiny" if args.tiny else device
     out = args.out or RESULTS / f"gpu_{name}.json"

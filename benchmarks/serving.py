@@ -173,19 +173,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for batching in (True, False):
         with tempfile.TemporaryDirectory() as tmp:
-            server = LocalServer(Path(tmp), {"COMPRESSOR_MODEL": str(model.resolve()), "COMPRESSOR_JOBS_DIR": str(Path(tmp) / "jobs"),
+            server = LocalServer(Path(tmp), {"COMPRESSOR_MODEL": str(model.resolve()),
+                                             "COMPRESSOR_JOBS_DIR": str(Path(tmp) / "jobs"),
                                              "COMPRESSOR_BATCHING": str(batching).lower()})
             try:
                 load(server.url, image, 50, 4)  # warm-up; also trains BentoML's batching latency model
                 for c in levels:
                     rows_before, batches_before = batch_counters(server.url)
-                    row = {"batching": batching, **(load_raw if args.client == "raw" else load)(server.url, image, args.requests, c)}
+                    row = {"batching": batching,
+                           **(load_raw if args.client == "raw" else load)(server.url, image, args.requests, c)}
                     rows_after, batches_after = batch_counters(server.url)
                     batches = batches_after - batches_before
                     row["mean_batch_size"] = (rows_after - rows_before) / batches if batching and batches else 1.0
                     rows.append(row)
                     print(f"batching {'on ' if batching else 'off'} concurrency {c:3d}: p50 {row['p50_ms']:7.1f} ms  "
-                          f"p99 {row['p99_ms']:7.1f} ms  {row['images_per_second']:7.1f} img/s  mean batch {row['mean_batch_size']:.2f}  "
+                          f"p99 {row['p99_ms']:7.1f} ms  {row['images_per_second']:7.1f} img/s  "
+                          f"mean batch {row['mean_batch_size']:.2f}  "
                           f"errors {row['errors']}", flush=True)
                 if batching and args.crowd:
                     burst = crowd(server.url, image, args.crowd)

@@ -41,7 +41,7 @@ def measure(arch: str, size: int, classes: int, ratio: float, seconds: float) ->
     student = plan.build(classes, channels).eval()
     with tempfile.TemporaryDirectory() as tmp:
         paths = [Path(tmp) / "student.onnx", Path(tmp) / "teacher.onnx"]
-        for model, path in zip((student, teacher), paths):
+        for model, path in zip((student, teacher), paths, strict=True):
             export_onnx(model, (channels, size, size), path)
         speed = benchmark(paths, [1, 64], "cpu", warmup=1, budget_s=seconds, max_runs=200)
     s, t = speed.models[0].timings, speed.models[1].timings
@@ -56,7 +56,8 @@ def measure(arch: str, size: int, classes: int, ratio: float, seconds: float) ->
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| teacher | student | params % | MACs % | teacher img/s b1 / b64 | student img/s b1 / b64 | speed-up b1 | speed-up b64 |",
+    lines = ["| teacher | student | params % | MACs % | teacher img/s b1 / b64 | student img/s b1 / b64 "
+             "| speed-up b1 | speed-up b64 |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         t, s = r["teacher_img_s"], r["student_img_s"]

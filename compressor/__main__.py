@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="evaluation data: cifar10, cifar100, digits, an image folder or an .npz")
     p.add_argument("--data-dir", help="where cifar10/cifar100 live (torchvision layout)")
     p.add_argument("--download", action="store_true", default=None, help="allow torchvision to download CIFAR")
-    p.add_argument("--steps", type=int, help="rounds: g generator updates on one batch, then k student updates (g, k: the method's)")
+    p.add_argument("--steps", type=int,
+                   help="rounds: g generator updates on one batch, then k student updates (g, k: the method's)")
     p.add_argument("--method", choices=list(METHODS))
     p.add_argument("--macs-ratio", type=float,
                    help="student multiply-adds / teacher multiply-adds at the teacher's input size (default: --ratio)")
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="student family (default auto: shaped like the teacher, depthwise for MobileNet/EfficientNet)")
     p.add_argument("--student-arch", metavar="NAME",
                    help="a registered architecture (e.g. wrn_16_1) as the student, instead of one planned for --ratio")
-    p.add_argument("--batch-size", type=_batch_size, help="synthetic images per step, or 'auto' (the default: largest that fits and still speeds up)")
+    p.add_argument("--batch-size", type=_batch_size,
+                   help="synthetic images per step, or 'auto' (the default: largest that fits and still speeds up)")
     p.add_argument("--generator-steps", type=int, metavar="G", help="generator updates per round (default: the method's)")
     p.add_argument("--student-steps", type=int, metavar="K", help="student updates per round (default: the method's)")
     p.add_argument("--lr", type=float, help="student learning rate")
@@ -89,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.teacher is None or (args.ratio is None and args.student_arch is None):
-        raise CompressorError("--teacher and --ratio are required (or --student-arch instead of --ratio; or --resume RUN_DIR, or the 'demo' command)")
+        raise CompressorError("--teacher and --ratio are required "
+                              "(or --student-arch instead of --ratio; or --resume RUN_DIR, or the 'demo' command)")
     if args.ratio is not None and args.student_arch is not None:
         raise CompressorError("give --ratio (a planned student) or --student-arch (a named one), not both")
     preset = args.preset or "default"

@@ -37,7 +37,8 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator |
         padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
         rows = (dy.view(n, 1) + torch.arange(h, device=x.device).view(1, h)).view(n, 1, h, 1)
         cols = (dx.view(n, 1) + torch.arange(w, device=x.device).view(1, w)).view(n, 1, 1, w)
-        x = padded[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1, 1), rows, cols]
+        x = padded[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1, 1),
+                   rows, cols]
     if flip:
         mirror = drawn[-1].bool().view(n, 1, 1, 1)
         x = torch.where(mirror, x.flip(-1), x)

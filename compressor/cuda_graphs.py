@@ -10,8 +10,8 @@ PyTorch's `torch.cuda.make_graphed_callables` does the capture: a call copies it
 input and replays the forward; the backward replays the recorded backward, whose parameter gradients then reach
 the optimiser as usual (the optimisers, the clipping, the KD loss and the batch drawing stay eager). Two steps:
 - the student's training forward, wrapped in a module the method's student step trains through (the run's
-  acceleration step hands it to the step, where DistributedDataParallel's wrapper goes under torchrun). The student itself stays an
-  ordinary module, so evaluation, selection, checkpoints and the ONNX export use it as before;
+  acceleration step hands it to the step, where DistributedDataParallel's wrapper goes under torchrun). The student itself
+  stays an ordinary module, so evaluation, selection, checkpoints and the ONNX export use it as before;
 - the synthesis step (the generator's images and the method's generator loss, with the teacher's and the student's
   forwards inside), graphed with the generator's parameters as what it differentiates. What Python does during that
   step (the BatchNorm hooks collecting moments, the features hook) happens once, at capture; the kernels it
@@ -134,7 +134,9 @@ def graph_steps(synthesis_loss: Callable, generator: nn.Module, student: nn.Modu
         note = f"{synthesis_why}: both steps run eagerly"
     else:
         note = "; ".join([
-            "the synthesis step replayed as CUDA graphs" if graphed_synthesis else f"the synthesis step runs eagerly ({synthesis_why})",
-            "the student's step replayed as CUDA graphs" if graphed_student else f"the student's step runs eagerly ({student_why})",
+            "the synthesis step replayed as CUDA graphs" if graphed_synthesis
+            else f"the synthesis step runs eagerly ({synthesis_why})",
+            "the student's step replayed as CUDA graphs" if graphed_student
+            else f"the student's step runs eagerly ({student_why})",
         ]) + f" (batch {len(images)})"
     return GraphedSteps(graphed_synthesis or synthesis_loss, graphed_student, note)

@@ -28,7 +28,8 @@ def train_digits_teacher(path: Path, epochs: int = 12, seed: int = 0) -> float:
     model = create_model("small_cnn", num_classes=10, in_channels=1)
     train_classifier(model, data.train, DIGITS_MEAN, DIGITS_STD, epochs=epochs, batch_size=64, lr=0.05, pad=1, seed=seed)
     torch.save(model.state_dict(), path)
-    top1, _, _ = evaluate_splits(model, data.test, {"full": torch.arange(len(data.test.labels))}, DIGITS_MEAN, DIGITS_STD, torch.device("cpu"))
+    top1, _, _ = evaluate_splits(model, data.test, {"full": torch.arange(len(data.test.labels))}, DIGITS_MEAN, DIGITS_STD,
+                                 torch.device("cpu"))
     return top1["full"]
 
 

@@ -116,7 +116,8 @@ def export_run(
 
     student_path, teacher_path = run_dir / "student.onnx", run_dir / "teacher.onnx"
     student_diff = _export_verified(student, checks, shape, student_path, _metadata(cfg, student, "student", student_accuracy))
-    teacher_diff = _cached_teacher_onnx(teacher, checks, shape, teacher_path, _metadata(cfg, teacher, "teacher", teacher_accuracy), cfg)
+    teacher_diff = _cached_teacher_onnx(teacher, checks, shape, teacher_path,
+                                        _metadata(cfg, teacher, "teacher", teacher_accuracy), cfg)
 
     variants = {"fp32": student_path, "fp16": to_fp16(student_path, run_dir / "student.fp16.onnx")}
     variants["int8"] = to_int8(student_path, run_dir / "student.int8.onnx", synthetic.numpy())

@@ -38,7 +38,7 @@ class Generator(nn.Module):
         # 2w, 2w, w, w/2, ... (never below min(16, w)): up to 32 px exactly the DFAD-style 2w -> 2w -> w.
         channels = [2 * width] + [max(min(16, width), (2 * width) >> (i - 1)) for i in range(1, self.stages + 1)]
         layers: list[nn.Module] = [GlobalBatchNorm2d(2 * width)]  # nn.BatchNorm2d outside torchrun
-        for c_in, c_out in zip(channels, channels[1:]):
+        for c_in, c_out in zip(channels, channels[1:], strict=False):  # consecutive pairs
             layers += [nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
                        GlobalBatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True)]
         layers += [nn.Conv2d(channels[-1], out_channels, 3, padding=1), nn.Tanh()]

@@ -19,10 +19,10 @@ def kept(modules: list[nn.Module], rng_device: torch.device | None = None):
     try:
         yield
     finally:
-        for m, (state, training, needs_grad) in zip(modules, saved):
+        for m, (state, training, needs_grad) in zip(modules, saved, strict=True):
             m.load_state_dict(state)
             m.train(training)
-            for p, flag in zip(m.parameters(), needs_grad):
+            for p, flag in zip(m.parameters(), needs_grad, strict=True):
                 p.requires_grad_(flag)
             m.zero_grad(set_to_none=True)
         if rng is not None:

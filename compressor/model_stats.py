@@ -54,7 +54,7 @@ class SpatialSchedule:
     @property
     def stage_strides(self) -> tuple[int, ...]:
         s = self.stage_sizes
-        return (1,) + tuple(downsampling_factor(a, b) for a, b in zip(s, s[1:]))
+        return (1,) + tuple(downsampling_factor(a, b) for a, b in zip(s, s[1:], strict=False))  # consecutive pairs
 
 
 def downsampling_factor(before: int, after: int) -> int:
@@ -118,7 +118,8 @@ def profile_model(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelP
     stem_size = convs[0][2]
     lone_stem = sum(1 for e in convs if e[2] == stem_size) == 1
     pools = [e for e in recorder.events if e[0] == "pool" and e[1] == stem_size and e[2] < stem_size]
-    stem_pool = downsampling_factor(stem_size, pools[0][2]) if lone_stem and pools and len(sizes) > 1 and pools[0][2] == sizes[1] else 1
+    stem_pool = (downsampling_factor(stem_size, pools[0][2])
+                 if lone_stem and pools and len(sizes) > 1 and pools[0][2] == sizes[1] else 1)
     schedule = SpatialSchedule(
         input_size=input_shape[-1], sizes=sizes, stem_kernel=convs[0][3], stem_pool=stem_pool,
         depthwise=any(e[4] for e in convs), spatial_convs=len(convs),

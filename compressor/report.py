@@ -112,9 +112,11 @@ def markdown(report: dict) -> str:
     for name, m in (("teacher", t), ("student", s)):
         a = m["accuracy"]
         lines.append(
-            f"| {name} | {m['params']:,} | {m['macs'] / 1e6:.1f} | {_pct(a['full'])} | {_pct(a['test_20'])} | {_pct(a['test_10'])} |"
+            f"| {name} | {m['params']:,} | {m['macs'] / 1e6:.1f} | {_pct(a['full'])} | {_pct(a['test_20'])} "
+            f"| {_pct(a['test_10'])} |"
         )
-    lines += ["", f"Student / teacher parameters: **{100 * report['ratio']:.2f} %** (asked for {100 * report['requested_ratio']:.0f} %)."]
+    lines += ["", f"Student / teacher parameters: **{100 * report['ratio']:.2f} %** "
+                  f"(asked for {100 * report['requested_ratio']:.0f} %)."]
     if s["accuracy"]["full"] is None:
         lines += ["", "Accuracy was **not measured**: the run had no evaluation data (pass `--dataset`)."]
     elif t["accuracy"]["full"]:
@@ -155,8 +157,10 @@ def deployment_markdown(dep: dict) -> list[str]:
         lines.append(f"| student {name} | `{info['file']}` | {info['bytes'] / 1e3:.0f} kB | {_pct(info['accuracy'])} |")
     lines.append(f"| teacher fp32 | `{dep['teacher_file']['file']}` | {dep['teacher_file']['bytes'] / 1e3:.0f} kB | |")
     speed = dep["cpu_speed"]
-    lines += ["", f"CPU speed, fp32, ONNX Runtime, {speed['threads']} threads (a short measurement; use `python -m export bench` for more):", "",
-              "| batch | student p50 | teacher p50 | student img/s | teacher img/s | speed-up |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", f"CPU speed, fp32, ONNX Runtime, {speed['threads']} threads "
+                  "(a short measurement; use `python -m export bench` for more):", "",
+              "| batch | student p50 | teacher p50 | student img/s | teacher img/s | speed-up |",
+              "|---:|---:|---:|---:|---:|---:|"]
     for bs, s in speed["student"].items():
         t = speed["teacher"][bs]
         lines.append(f"| {bs} | {s['p50_ms']:.2f} ms | {t['p50_ms']:.2f} ms | {s['images_per_second']:.0f} | "

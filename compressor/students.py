@@ -80,7 +80,8 @@ def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int | None:
     return lo
 
 
-def _resnet_candidates(b: _Budget, schedule: SpatialSchedule, macs_cap: int) -> Iterator[tuple[tuple, ResNetStudentSpec, int, int]]:
+def _resnet_candidates(b: _Budget, schedule: SpatialSchedule,
+                       macs_cap: int) -> Iterator[tuple[tuple, ResNetStudentSpec, int, int]]:
     """Every filled shape under both budgets, with a preference key (larger is better): no hidden head, a first
     stage of at least MIN_FIRST_WIDTH channels, depth, growth nearest to doubling, then the most compute."""
     strides = schedule.stage_strides
@@ -104,7 +105,8 @@ def _resnet_candidates(b: _Budget, schedule: SpatialSchedule, macs_cap: int) -> 
             for c1 in range(4, 257):
                 widths = [max(1, round(c1 * growth**i)) for i in range(n - 1)]
                 floor = widths[-1] if widths else c1
-                def spec_with(last: int, hidden: int = 0) -> ResNetStudentSpec:
+                # This iteration's widths and depth, bound here: the closures below run within the iteration.
+                def spec_with(last: int, hidden: int = 0, *, widths: list[int] = widths, depth: int = depth) -> ResNetStudentSpec:
                     return ResNetStudentSpec(widths=(*widths, last), blocks=(depth,) * n, head_hidden=hidden, **base)
                 if not fits(spec_with(floor)):
                     break  # wider first stages only cost more
@@ -114,7 +116,7 @@ def _resnet_candidates(b: _Budget, schedule: SpatialSchedule, macs_cap: int) -> 
                 if params < MIN_FILL * b.params:
                     # The compute cap stopped the last stage short of the parameter budget: hold the rest in a
                     # hidden head layer instead, at one multiply-add per parameter.
-                    hidden = _largest(1, b.params, lambda h: fits(spec_with(floor, h)))
+                    hidden = _largest(1, b.params, lambda h, floor=floor: fits(spec_with(floor, h)))
                     if hidden is None or hidden < b.num_classes:
                         continue
                     spec = spec_with(floor, hidden)
@@ -123,7 +125,8 @@ def _resnet_candidates(b: _Budget, schedule: SpatialSchedule, macs_cap: int) -> 
                     yield (spec.head_hidden == 0, c1 >= MIN_FIRST_WIDTH, depth, -abs(growth - 2), macs), spec, params, macs
 
 
-def _mobilenet_candidates(b: _Budget, schedule: SpatialSchedule, macs_cap: int) -> Iterator[tuple[tuple, MobileNetStudentSpec, int, int]]:
+def _mobilenet_candidates(b: _Budget, schedule: SpatialSchedule,
+                          macs_cap: int) -> Iterator[tuple[tuple, MobileNetStudentSpec, int, int]]:
     """Width multipliers on a grid, two blocks per stage or (where compute is tight) one; the last 1x1
     convolution fills the rest. Prefers two blocks, then a body of about 60 % of the parameters (the seed's
     proportions), then more compute."""
@@ -134,8 +137,9 @@ def _mobilenet_candidates(b: _Budget, schedule: SpatialSchedule, macs_cap: int) 
         if body_params > b.params:
             continue
 
-        def fits(h: int) -> bool:
-            p, m = mobilenet_student_cost(spec.model_copy(update={"last_channels": h}), b.num_classes, b.in_channels, b.input_size)
+        def fits(h: int, *, spec: MobileNetStudentSpec = spec) -> bool:  # this iteration's spec, as _largest runs now
+            p, m = mobilenet_student_cost(spec.model_copy(update={"last_channels": h}), b.num_classes, b.in_channels,
+                                          b.input_size)
             return p <= b.params and m <= macs_cap
 
         h = _largest(1, b.params, fits)

@@ -15,6 +15,8 @@ from compressor.data import Split
 from compressor.evaluate import normalise
 from compressor.methods.losses import kl_at_temperature
 
+CPU = torch.device("cpu")
+
 
 def train_classifier(
     model: nn.Module,
@@ -30,7 +32,7 @@ def train_classifier(
     pad: int = 2,
     flip: bool = False,
     seed: int = 0,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device = CPU,
     teacher: nn.Module | None = None,
     temperature: float = 4.0,
     log=None,

@@ -41,7 +41,8 @@ def _require_onnx(path: str) -> Path:
     try:
         onnx.checker.check_model(onnx.load(str(p), load_external_data=False))
     except Exception as exc:
-        raise UsageError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+        raise UsageError(f"{path} is not a valid ONNX model "
+                         f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
     return p
 
 

@@ -91,13 +91,14 @@ def benchmark(paths: list[str | Path], batch_sizes: list[int], provider: str = "
     if len(models) == 2:
         speedup = {
             str(a.batch_size): a.images_per_second / b.images_per_second
-            for a, b in zip(models[0].timings, models[1].timings)
+            for a, b in zip(models[0].timings, models[1].timings, strict=True)  # one timing per batch size each
         }
     return BenchmarkReport(models=models, speedup=speedup, machine=f"{platform.machine()}, {os.cpu_count()} cores")
 
 
 def format_table(report: BenchmarkReport) -> str:
-    lines = [f"{'model':40s} {'provider':8s} {'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'img/s':>9s} {'size':>9s}"]
+    lines = [f"{'model':40s} {'provider':8s} {'batch':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'img/s':>9s} "
+             f"{'size':>9s}"]
     for m in report.models:
         for t in m.timings:
             lines.append(f"{Path(m.path).name[:40]:40s} {m.provider:8s} {t.batch_size:5d} {t.p50_ms:8.2f} {t.p90_ms:8.2f} "

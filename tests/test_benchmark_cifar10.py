@@ -66,7 +66,8 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     result = json.loads(out.read_text())
     assert result["teacher"]["arch"] == "resnet14" and 0 <= result["teacher"]["accuracy"]["full"] <= 1
     teacher = result["teacher"]
-    assert (teacher["batch_size"], teacher["lr"], teacher["minutes"], teacher["epochs"]) == (50, 0.05, 1, 1)  # --tiny: 1 epoch at most
+    # --tiny: 1 epoch at most
+    assert (teacher["batch_size"], teacher["lr"], teacher["minutes"], teacher["epochs"]) == (50, 0.05, 1, 1)
     assert result["student"]["compile"] == "training steps compiled with torch.compile (eager)"
     assert result["student"]["cuda_graphs"] is None  # not asked for
     assert (tmp_path / "work" / "cifar10_resnet14.pth").is_file()

@@ -54,7 +54,8 @@ def _assert_one_line_error(proc, pattern: str):
         (["--teacher", "{t}", "--student-arch", "wrn_99_1"], "unknown architecture"),
         (["--teacher", "{t}", "--student-arch", "resnet56"], "not fewer than the teacher's"),
         (["--teacher", "{t}", "--student-arch", "resnet8", "--ratio", "0.1"], "not both"),
-        (["--teacher", "{t}", "--ratio", "0.1", "--compile", "--cuda-graphs"], "invalid setting: choose --compile or --cuda-graphs, not both"),
+        (["--teacher", "{t}", "--ratio", "0.1", "--compile", "--cuda-graphs"],
+         "invalid setting: choose --compile or --cuda-graphs, not both"),
     ],
 )
 def test_bad_input(tmp_path, small_teacher, args, pattern):
@@ -78,7 +79,8 @@ def test_an_unreadable_dataset_is_one_line_not_a_traceback(tmp_path, small_teach
 
 def test_malicious_checkpoint_exits_2_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
-    code = f"import os, pickle\nclass E:\n    def __reduce__(self):\n        return (os.system, ('touch {marker}',))\npickle.dump(E(), open('{tmp_path}/evil.pth', 'wb'))\n"
+    code = (f"import os, pickle\nclass E:\n    def __reduce__(self):\n        return (os.system, ('touch {marker}',))\n"
+            f"pickle.dump(E(), open('{tmp_path}/evil.pth', 'wb'))\n")
     subprocess.run([sys.executable, "-c", code], check=True)
     _assert_one_line_error(run_cli("--teacher", str(tmp_path / "evil.pth"), "--ratio", "0.1", cwd=tmp_path), "refusing")
     assert not marker.exists()
@@ -95,7 +97,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, small_teacher):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     deadline = time.time() + 120
-    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 2):
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists()
+                                          and (out / "metrics.jsonl").read_text().count("\n") >= 2):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

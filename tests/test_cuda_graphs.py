@@ -47,7 +47,7 @@ def test_a_graphed_student_trains_as_the_eager_one(amp):
     for _ in range(3):
         x = torch.randn(8, 3, 32, 32, device="cuda")
         outputs = []
-        for forward, opt in zip((graphed, reference), optimisers):
+        for forward, opt in zip((graphed, reference), optimisers, strict=True):
             opt.zero_grad(set_to_none=True)
             with autocast():
                 out = forward(x)
@@ -120,7 +120,7 @@ def test_a_graphed_synthesis_step_optimises_the_generator_as_the_eager_one(tmp_p
     for i in range(4):
         z = torch.randn(8, 16, device="cuda")
         results = []
-        for (gen, student, method, eager_step, opt), run_step in ((eager, eager[3]), (graphed, step)):
+        for (_gen, student, method, _eager_step, opt), run_step in ((eager, eager[3]), (graphed, step)):
             images, loss, logs = run_step(z)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -45,7 +45,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, pool_size,
     resumed = run(resumed_cfg, resume=True, quiet=True)
 
     def losses(run_dir):
-        return [{k: v for k, v in json.loads(line).items() if k != "eval"} for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in json.loads(line).items() if k != "eval"}
+                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
     assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
     a = torch.load(RunPaths(tmp_path / "straight").last, weights_only=True)

@@ -115,7 +115,7 @@ def test_cli_bad_inputs(tmp_path):
         proc = _cli(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and pattern in proc.stderr, (args, proc.stderr)
-        assert len([l for l in proc.stderr.splitlines() if l.strip()]) == 1, (args, proc.stderr)
+        assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, (args, proc.stderr)
 
 
 def test_cli_round_trip(tmp_path):

@@ -107,7 +107,7 @@ def test_a_rounds_student_batches_are_labelled_ahead_in_chunks_as_drawn_one_by_o
             method.store(gen(torch.randn(16, 16)))
         torch.manual_seed(2)
         forwards = []
-        hook = method.teacher.register_forward_hook(lambda module, args, out: forwards.append(len(args[0])))
+        hook = method.teacher.register_forward_hook(lambda module, args, out, forwards=forwards: forwards.append(len(args[0])))
         rounds[chunk] = [method.student_batch(n) for _ in range(k)]
         hook.remove()
         assert not method.labelled
@@ -193,7 +193,8 @@ def test_diversity_term_pushes_the_generator_and_banks_the_stored_features(tmp_p
     _, half = method.generator_loss(SynthBatch(z, images))
     from compressor.methods.losses import feature_repulsion
     others = torch.cat([torch.nn.functional.normalize(method.features.last.float(), dim=1), method.banked()])
-    assert torch.isclose(half["g_repulsion"], feature_repulsion(method.features.last, others, settings.diversity_temperature), atol=1e-5)
+    assert torch.isclose(half["g_repulsion"], feature_repulsion(method.features.last, others, settings.diversity_temperature),
+                         atol=1e-5)
     for _ in range(2):
         method.store(gen(torch.randn(8, 16)).detach())
     assert method.bank_filled.all()  # the latest 20 of 24 stored images
@@ -271,7 +272,8 @@ def test_a_round_of_the_default_method_never_makes_the_host_wait_for_the_gpu(tmp
     method = create_method("default", teacher, student, gen, settings, tmp_path)
     method.label_chunk_elements = 2 * 8 * 3 * 32 * 32  # chunks of 2 batches of 8
     cfg = RunConfig.model_validate({"teacher": {"path": "unused.pth"}, "out_dir": str(tmp_path)})
-    opt_g, opt_s = make_optimizer(gen.parameters(), cfg.generator_optim, device), make_optimizer(student.parameters(), cfg.student_optim, device)
+    opt_g = make_optimizer(gen.parameters(), cfg.generator_optim, device)
+    opt_s = make_optimizer(student.parameters(), cfg.student_optim, device)
     g, k = settings.round
 
     def one_round() -> None:  # as distill.py's loop runs one (the loop adds AMP, the schedules and logging)

@@ -86,4 +86,5 @@ class Selection:
 
     def load_state_dict(self, state: dict) -> None:
         self.heldout_images, self.heldout_labels = state["heldout_images"].cpu(), state["heldout_labels"].cpu()
-        self.best_state, self.best_score, self.best_step = state["best_state"], float(state["best_score"]), int(state["best_step"])
+        self.best_state, self.best_score, self.best_step = (state["best_state"], float(state["best_score"]),
+                                                            int(state["best_step"]))

@@ -57,7 +57,7 @@ class Method(ABC):
         acceleration step trains through (the student itself where None, its CUDA-graphed forward, or under
         torchrun its DistributedDataParallel wrapper, whose backward averages the gradients across ranks)."""
 
-    def store(self, images: torch.Tensor) -> None:
+    def store(self, images: torch.Tensor) -> None:  # noqa: B027 - an optional hook; keeping nothing is the default
         """Keep the batch a synthesis round ended with (detached, teacher's input space); the default keeps nothing."""
 
     def label(self, batch: SynthBatch) -> SynthBatch:
@@ -84,5 +84,5 @@ class Method(ABC):
         """Anything the method keeps between rounds (a pool of images), for exact resume."""
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027 - an optional hook, as `state_dict` is
         pass

@@ -101,7 +101,8 @@ class DefaultMethod(Method):
         adversarial = (per_sample_kl(s_logits, t_logits) * agree).mean()
         balance = class_balance(t_logits)
         one_hot = one_hot_confidence(t_logits)
-        loss = s.bn_weight * bn_loss + s.balance_weight * balance + s.one_hot_weight * one_hot - s.adversarial_weight * adversarial
+        loss = (s.bn_weight * bn_loss + s.balance_weight * balance + s.one_hot_weight * one_hot
+                - s.adversarial_weight * adversarial)
         logs = {
             "g_bn": bn_loss.detach(),
             "g_adv": adversarial.detach(),
@@ -156,7 +157,7 @@ class DefaultMethod(Method):
             self.left_in_round -= n
             drawn = [self._draw(batch_size) for _ in range(n)]
             logits = self._teacher_logits(torch.cat(drawn))
-            self.labelled.extend(SynthBatch(None, x, t) for x, t in zip(drawn, logits.split(batch_size)))
+            self.labelled.extend(SynthBatch(None, x, t) for x, t in zip(drawn, logits.split(batch_size), strict=True))
         return self.labelled.popleft()
 
     def batches_per_label(self, batch_size: int, image_elements: int) -> int:
@@ -189,7 +190,8 @@ class DefaultMethod(Method):
 
     def student_loss(self, batch: SynthBatch, student: nn.Module | None = None) -> tuple[torch.Tensor, Logs]:
         t_logits = batch.teacher_logits if batch.teacher_logits is not None else self._teacher_logits(batch.images)
-        loss = kl_at_temperature((self.student if student is None else student)(batch.images), t_logits, self.settings.temperature)
+        loss = kl_at_temperature((self.student if student is None else student)(batch.images), t_logits,
+                                 self.settings.temperature)
         return loss, {"s_loss": loss.detach()}
 
     def state_dict(self) -> dict:

@@ -81,7 +81,7 @@ class BatchNormStatistics:
         means, variances = combine_moments(torch.cat([m for _, m, _ in moments]), torch.cat([v for _, _, v in moments]))
         return torch.stack([
             torch.norm(mean - layer.running_mean, 2) + torch.norm(var - layer.running_var, 2)
-            for (layer, _, _), mean, var in zip(moments, means.split(sizes), variances.split(sizes))
+            for (layer, _, _), mean, var in zip(moments, means.split(sizes), variances.split(sizes), strict=True)
         ]).sum()
 
 

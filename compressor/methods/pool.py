@@ -18,9 +18,11 @@ import torch
 # On a GPU a pool up to this size lives in device memory: no host round trip, and no sync, per round.
 DEVICE_POOL_BYTES = 2 << 30
 
+CPU = torch.device("cpu")
+
 
 class SyntheticPool:
-    def __init__(self, capacity: int, path: Path, device: torch.device = torch.device("cpu")) -> None:
+    def __init__(self, capacity: int, path: Path, device: torch.device = CPU) -> None:
         self.capacity = capacity
         self.path = Path(path)
         self.device = device

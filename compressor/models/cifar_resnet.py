@@ -74,7 +74,7 @@ class CifarResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         stages = []
-        for i, (n, w) in enumerate(zip(num_blocks, widths)):
+        for i, (n, w) in enumerate(zip(num_blocks, widths, strict=False)):
             stages.append(self._make_stage(block, w, n, stride=1 if i == 0 else 2))
         # Named layer1..layer4 (checkpoint keys of the usual CIFAR code); a missing fourth stage is an
         # Identity so the forward stays scriptable and adds no keys.

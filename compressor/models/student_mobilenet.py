@@ -33,7 +33,7 @@ def stage_table(down_strides: tuple[int, ...], repeats: int = 2, strided_stem: b
     if len(down_strides) >= len(channels):
         raise ValueError(f"at most {len(channels) - 1} downsampling stages, not {len(down_strides)}")
     table = [(1, 16, 1, 1)] + ([] if strided_stem else [(6, 24, repeats, 1)])
-    table += [(6, c, repeats, s) for c, s in zip(channels, down_strides)]
+    table += [(6, c, repeats, s) for c, s in zip(channels, down_strides, strict=False)]  # channels has more entries
     return table + [(6, channels[len(down_strides)], 1, 1)]
 
 

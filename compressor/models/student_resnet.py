@@ -66,7 +66,7 @@ class ResNetStudent(nn.Module):
             pool_for(spec.stem_pool),
         )
         stages, in_planes = [], c0
-        for width, n, stride in zip(spec.widths, spec.blocks, spec.strides):
+        for width, n, stride in zip(spec.widths, spec.blocks, spec.strides, strict=True):  # ResNetStudentSpec checks the lengths
             blocks = []
             for s in [stride] + [1] * (n - 1):
                 blocks.append(BasicBlock(in_planes, width, s))
@@ -88,7 +88,7 @@ def resnet_student_cost(spec: ResNetStudentSpec, num_classes: int, in_channels: 
     params, macs = k * k * in_channels * c0 + 2 * c0, k * k * in_channels * c0 * size * size
     size = math.ceil(size / spec.stem_pool)
     in_planes = c0
-    for width, n, stride in zip(spec.widths, spec.blocks, spec.strides):
+    for width, n, stride in zip(spec.widths, spec.blocks, spec.strides, strict=True):
         for s in [stride] + [1] * (n - 1):
             size = math.ceil(size / s)
             conv = 9 * in_planes * width + 9 * width * width

@@ -75,7 +75,8 @@ def test_rank_zero_alone_writes_and_the_ranks_students_are_identical(runs):
     assert pair.stdout.count("report:") == 1
     rank1 = sorted(p.relative_to(run_dir / "ranks" / "1").as_posix() for p in (run_dir / "ranks" / "1").rglob("*"))
     assert rank1 == ["pool.u8"]  # rank 1's scratch: its copy of the synthetic pool, nothing else
-    assert not list(run_dir.glob("*.rank*")) and sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert not list(run_dir.glob("*.rank*"))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["world_size"] == 2 and report["batch_size"] == 32 and "2 processes" in report["device"]
     g = METHODS["default"].default_round[0]
