@@ -27,8 +27,13 @@ ifeq ($(CHROMIUM),)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 endif
 
+# The linter first (seconds), then the suite on TEST_WORKERS processes (pytest-xdist): tests that share a server
+# or a trained run are grouped onto one worker (xdist_group), the rest are handed out one by one.
+TEST_WORKERS ?= 2
+
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The service on 127.0.0.1:$(PORT), serving the demo's student unless COMPRESSOR_MODEL names another ONNX file.
 runs/demo/student.onnx:
