@@ -9,7 +9,8 @@ from __future__ import annotations
 import hmac
 import json
 
-from serving.settings import ServingSettings, settings as current_settings
+from serving.settings import ServingSettings
+from serving.settings import settings as current_settings
 from serving.supervisor import current as current_supervisor
 
 PROTECTED_PREFIXES = ("/compress/", "/models/select")

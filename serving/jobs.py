@@ -13,9 +13,9 @@ import secrets
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from compressor.run_folder import RunPaths, read_metrics
 from serving.schemas import JobOptions, JobProgress, JobState, JobView
@@ -230,7 +230,8 @@ class JobStore:
             else:
                 with self._connect() as db:
                     db.execute("UPDATE jobs SET status = 'queued' WHERE id = ?", (job.job_id,))
-                where = f"from its checkpoint at step {job.progress.step}" if checkpoint.is_file() else "from the start (no checkpoint yet)"
+                where = (f"from its checkpoint at step {job.progress.step}" if checkpoint.is_file()
+                         else "from the start (no checkpoint yet)")
                 self.add_note(job.job_id, f"interrupted by {reason}; queued to resume {where}")
                 recovered.append(job.job_id)
         return recovered

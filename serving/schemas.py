@@ -88,7 +88,7 @@ class JobOptions(Strict):
     std: Std | None = Field(None, min_length=1, max_length=4, description="per channel, each > 0")
 
     @model_validator(mode="after")
-    def _same_channel_count(self) -> "JobOptions":
+    def _same_channel_count(self) -> JobOptions:
         if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
             raise ValueError(f"mean has {len(self.mean)} values and std {len(self.std)}: give one per channel for both")
         return self

@@ -12,7 +12,7 @@ import logging
 import subprocess
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from serving.retry import Backoff
 
@@ -22,10 +22,10 @@ MIN_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
 STABLE_SECONDS = 60.0  # a worker that ran this long before dying restarts at the shortest back-off again
 
-_current: "WorkerSupervisor | None" = None
+_current: WorkerSupervisor | None = None
 
 
-def current() -> "WorkerSupervisor | None":
+def current() -> WorkerSupervisor | None:
     """The supervisor of this process's front, for the readiness check in `serving/guards.py`."""
     return _current
 
@@ -43,7 +43,7 @@ class WorkerSupervisor:
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
-    def start(self) -> "WorkerSupervisor":
+    def start(self) -> WorkerSupervisor:
         global _current
         self._spawn()
         self.thread.start()
@@ -77,7 +77,8 @@ class WorkerSupervisor:
             if self.stopping.is_set():
                 return
             ran = time.monotonic() - self.started_at
-            self.last_exit = f"exited with code {rc} after {ran:.0f} s" if rc >= 0 else f"killed by signal {-rc} after {ran:.0f} s"
+            self.last_exit = (f"exited with code {rc} after {ran:.0f} s" if rc >= 0
+                              else f"killed by signal {-rc} after {ran:.0f} s")
             if ran >= STABLE_SECONDS:
                 backoff.reset()
             self.next_start = time.monotonic() + backoff.delay

@@ -18,11 +18,11 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from export.cli import ExitCode
 from compressor.run_folder import RunPaths, read_metrics
+from export.cli import ExitCode
 from serving.backends import GRACE_SECONDS, Backend, LocalBackend, Outcome, RayBackend
 from serving.jobs import JobStore
 from serving.retry import Backoff, wait_for_lock

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from export.onnx import cpu_session
 from serving.inference import BatchedModel, ModelUnavailable, softmax
 from serving.settings import read_settings
-from export.onnx import cpu_session
 
 
 def calls_and_rows() -> tuple[float, float]:
@@ -35,9 +35,9 @@ def test_concurrent_requests_get_their_own_answers(demo_run, tmp_path, batching)
         return await asyncio.gather(*(model.predict(r) for r in requests))
 
     answers = asyncio.run(everyone())
-    for got, want in zip(answers, expected):
+    for got, want in zip(answers, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
-    calls, rows = (a - b for a, b in zip(calls_and_rows(), (calls_before, rows_before)))
+    calls, rows = (a - b for a, b in zip(calls_and_rows(), (calls_before, rows_before), strict=True))
     assert rows == sum(len(r) for r in requests)
     if batching:  # all 40 were waiting at once: a few calls of at most 16 rows, not 40
         assert calls <= 10, calls

@@ -50,7 +50,7 @@ def test_interrupted_jobs_are_requeued_then_given_up(tmp_path):
     job = new_job(store)
     (store.run_dir(job) / "checkpoints").mkdir(parents=True)
     (store.run_dir(job) / "checkpoints" / "last.pt").write_bytes(b"x")
-    for attempt in range(2):
+    for _attempt in range(2):
         assert store.claim_next().job_id == job  # the worker starts it ... and the server dies
         assert store.recover_interrupted(max_attempts=2) == [job]
         view = store.get(job)

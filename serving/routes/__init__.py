@@ -14,7 +14,7 @@ images decoded at once), `in_flight` (classifications being handled) and `bentom
 """
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import numpy as np

@@ -21,10 +21,12 @@ from PIL import Image
 
 from benchmarks.serving import batch_counters
 from compressor.data import load_digits
-from export.onnx import cpu_session, read_metadata
 from compressor.evaluate import normalise
+from export.onnx import cpu_session, read_metadata
 from serving.local import LocalServer
 from tests.payloads import torchscript_payload
+
+pytestmark = pytest.mark.xdist_group("service")  # the module's server, started once, on one worker
 
 TOKEN = "test-token-3f9a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -63,7 +65,8 @@ def digits_pngs() -> tuple[list[bytes], np.ndarray]:
 
 def png(size=(40, 30), mode="RGB") -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode).save(buf, "PNG")
+    pixels = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -137,7 +140,8 @@ def _bad_requests() -> list[tuple[str, dict, int, str]]:
         ("wrong field", {"files": {"picture": ("x.png", good, "image/png")}}, 400, "unknown field"),
         ("text in the file field", {"data": {"image": "/etc/passwd"}, "files": {"other": ("y", b"1")}}, 400, "file upload"),
         ("bad top_k", {"files": {"image": ("x.png", good)}, "data": {"top_k": "many"}}, 400, "top_k"),
-        ("top_k in the query", {"content": good, "headers": {"content-type": "image/png"}, "params": {"top_k": "x"}}, 400, "top_k"),
+        ("top_k in the query", {"content": good, "headers": {"content-type": "image/png"}, "params": {"top_k": "x"}}, 400,
+         "top_k"),
         ("top_k zero", {"json": {"images": [base64.b64encode(good).decode()], "top_k": 0}}, 400, "top_k"),
         ("wrong JSON", {"content": b"{bad json", "headers": {"content-type": "application/json"}}, 400, "invalid JSON"),
         ("JSON of wrong shape", {"json": {"images": "abc"}}, 400, "invalid JSON"),
@@ -193,7 +197,7 @@ def test_two_hundred_concurrent_requests(server, digits_pngs):
     assert [s for s, _ in results] == [200] * 200
     accuracy = np.mean([pred == labels[i % len(labels)] for i, (_, pred) in enumerate(results)])
     assert accuracy > 0.7
-    rows, calls = (a - b for a, b in zip(batch_counters(server.url), (rows_before, calls_before)))
+    rows, calls = (a - b for a, b in zip(batch_counters(server.url), (rows_before, calls_before), strict=True))
     assert rows == 200 and calls < 200, (rows, calls)  # concurrent requests shared ONNX Runtime calls
 
 
@@ -217,19 +221,22 @@ class _Exploit:
 
 
 def _bad_submissions(teacher: bytes) -> list[tuple[str, dict, int, str]]:
+    upload = {"teacher": ("t.pth", teacher)}
     return [
-        ("ratio above 1", {"data": {"ratio": "1.5"}, "files": {"teacher": ("t.pth", teacher)}}, 400, "invalid job options"),
-        ("ratio zero", {"data": {"ratio": "0"}, "files": {"teacher": ("t.pth", teacher)}}, 400, "invalid job options"),
-        ("ratio missing", {"files": {"teacher": ("t.pth", teacher)}}, 400, "invalid job options"),
-        ("ratio too small for any student", {"data": {"ratio": "0.0001"}, "files": {"teacher": ("t.pth", teacher)}}, 400, "too small"),
-        ("unknown option", {"data": {"ratio": "0.1", "gpus": "8"}, "files": {"teacher": ("t.pth", teacher)}}, 400, "invalid job options"),
-        ("options not an object", {"data": {"options": "[1]"}, "files": {"teacher": ("t.pth", teacher)}}, 400, "JSON object"),
-        ("custom code", {"data": {"ratio": "0.1", "arch": "os:system"}, "files": {"teacher": ("t.pth", teacher)}}, 400, "invalid job options"),
-        ("steps over the limit", {"data": {"ratio": "0.1", "steps": "10000000"}, "files": {"teacher": ("t.pth", teacher)}}, 400, "limit"),
+        ("ratio above 1", {"data": {"ratio": "1.5"}, "files": upload}, 400, "invalid job options"),
+        ("ratio zero", {"data": {"ratio": "0"}, "files": upload}, 400, "invalid job options"),
+        ("ratio missing", {"files": upload}, 400, "invalid job options"),
+        ("ratio too small for any student", {"data": {"ratio": "0.0001"}, "files": upload}, 400, "too small"),
+        ("unknown option", {"data": {"ratio": "0.1", "gpus": "8"}, "files": upload}, 400, "invalid job options"),
+        ("options not an object", {"data": {"options": "[1]"}, "files": upload}, 400, "JSON object"),
+        ("custom code", {"data": {"ratio": "0.1", "arch": "os:system"}, "files": upload}, 400, "invalid job options"),
+        ("steps over the limit", {"data": {"ratio": "0.1", "steps": "10000000"}, "files": upload}, 400, "limit"),
         ("no teacher", {"data": {"ratio": "0.1"}, "files": {"x": ("t", b"1")}}, 400, "teacher"),
         ("not a checkpoint", {"data": {"ratio": "0.1"}, "files": {"teacher": ("t.pth", png())}}, 400, "not a PyTorch checkpoint"),
-        ("malicious pickle", {"data": {"ratio": "0.1"}, "files": {"teacher": ("t.pth", pickle.dumps(_Exploit()))}}, 400, "pickled Python object"),
-        ("TorchScript (code) upload", {"data": {"ratio": "0.1"}, "files": {"teacher": ("t.pt", torchscript_payload())}}, 400, "TorchScript archive"),
+        ("malicious pickle", {"data": {"ratio": "0.1"}, "files": {"teacher": ("t.pth", pickle.dumps(_Exploit()))}}, 400,
+         "pickled Python object"),
+        ("TorchScript (code) upload", {"data": {"ratio": "0.1"}, "files": {"teacher": ("t.pt", torchscript_payload())}}, 400,
+         "TorchScript archive"),
         ("JSON instead of a form", {"json": {"ratio": 0.1}}, 415, "multipart"),
     ]
 
