@@ -26,8 +26,6 @@ from export.onnx import cpu_session, read_metadata
 from serving.local import LocalServer
 from tests.payloads import torchscript_payload
 
-pytestmark = pytest.mark.xdist_group("service")  # the module's server, started once, on one worker
-
 TOKEN = "test-token-3f9a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

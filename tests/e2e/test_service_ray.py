@@ -17,8 +17,6 @@ import pytest
 from export.onnx import cpu_session
 from tests.e2e.test_service import AUTH, start_server
 
-pytestmark = pytest.mark.xdist_group("ray")  # the module's server, started once, on one worker
-
 pytest.importorskip("ray")
 
 

@@ -14,8 +14,6 @@ from compressor.methods import METHODS
 from compressor.run_folder import RunPaths
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.xdist_group("torchrun")  # one worker runs the module's shared runs once
-
 ARGS = ["--ratio", "0.1", "--steps", "4", "--eval-every", "2", "--batch-size", "32", "--dataset", "digits",
         "--no-onnx", "--quiet"]
 

@@ -22,8 +22,6 @@ from PIL import Image
 from compressor.data import load_digits
 from tests.e2e.test_service import AUTH, TOKEN, start_server
 
-pytestmark = pytest.mark.xdist_group("web-page")  # the module's server, started once, on one worker
-
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 HOSTILE_NAME = '<img src=x onerror=alert(1)>"&<b>bold</b>'
