@@ -41,10 +41,6 @@ class RunPaths:
     def report(self) -> Path:
         return self.root / "report.md"
 
-    @property
-    def student_onnx(self) -> Path:
-        return self.root / "student.onnx"
-
     def rank_dir(self, rank: int) -> Path:
         """A rank's own scratch (its copy of the synthetic pool); rank 0's is the run folder itself."""
         return self.root if rank == 0 else self.root / "ranks" / str(rank)
