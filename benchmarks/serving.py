@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from export.onnx import read_metadata
+from export.metadata import read_metadata
 from serving.local import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]

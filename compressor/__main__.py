@@ -14,7 +14,7 @@ from typing import get_args
 from pydantic import ValidationError
 
 from compressor import distributed
-from compressor.config import RUN_PRESETS, MethodSettings, RunConfig, TeacherConfig, preset_overrides
+from compressor.config import NAMED_DATASETS, RUN_PRESETS, MethodSettings, RunConfig, TeacherConfig, preset_overrides
 from compressor.errors import CompressorError, first_problem
 from compressor.methods import METHODS
 from compressor.run_folder import RunPaths
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Data-free compression of an image classifier into a student of a given parameter and compute ratio.",
         epilog="Also: 'python -m compressor demo [--out DIR]' runs the whole pipeline on bundled digits.",
     )
-    p.add_argument("--teacher", help="teacher checkpoint: a state dict, safetensors, or (with --trust-code) TorchScript")
+    p.add_argument("--teacher", help="teacher checkpoint: a state dict, safetensors, a torch.export .pt2, "
+                                     "or (with --trust-code) TorchScript")
     p.add_argument("--trust-code", action="store_true",
                    help="allow a TorchScript teacher: it is code, and runs as it loads; only for files you trust")
     p.add_argument("--ratio", type=float, help="student parameters / teacher parameters, in (0, 1)")
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--resume continues exactly")
     p.add_argument("--out", help="run folder (default runs/<teacher>-r<ratio>-<method>)")
     p.add_argument("--arch", help="teacher architecture name, or package.module:factory (default: inferred)")
-    p.add_argument("--dataset", help="evaluation data: cifar10, cifar100, digits, an image folder or an .npz")
+    p.add_argument("--dataset", help=f"evaluation data: {', '.join(NAMED_DATASETS)}, an image folder or an .npz")
     p.add_argument("--data-dir", help="where cifar10/cifar100 live (torchvision layout)")
     p.add_argument("--download", action="store_true", default=None, help="allow torchvision to download CIFAR")
     p.add_argument("--steps", type=int,
@@ -144,9 +145,10 @@ def summary(report: dict) -> str:
     acc = s["accuracy"]["full"]
     acc_text = "accuracy not measured (no --dataset)" if acc is None else (
         f"student top-1 {100 * acc:.2f} % vs teacher {100 * t['accuracy']['full']:.2f} %")
-    from compressor.report import gains
+    from compressor.report import exporter_notes, gains
 
-    return "\n".join([f"done in {report['wall_seconds']:.0f} s: {acc_text}", *gains(report)])
+    notes = exporter_notes(report.get("deployment") or {})
+    return "\n".join([f"done in {report['wall_seconds']:.0f} s: {acc_text}", *gains(report), *notes])
 
 
 def take_ctrl_c() -> None:

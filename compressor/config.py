@@ -6,13 +6,17 @@ The CLI maps flags onto these; each run writes its resolved `RunConfig` to
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compressor.errors import CompressorError
 from compressor.methods import METHODS
 from compressor.students import StudentFamily
+
+# The datasets known by name; a path to an image folder or an .npz file is the other way to give one.
+NamedDataset = Literal["digits", "cifar10", "cifar100"]
+NAMED_DATASETS: tuple[str, ...] = get_args(NamedDataset)
 
 MethodName = Literal[tuple(METHODS)]  # the method registry's names
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from compressor.config import NAMED_DATASETS
 from compressor.errors import CompressorError, first_line
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -251,7 +252,7 @@ def load_dataset(name: str, data_dir: str | None, download: bool, size: int, cha
             data = _load_folder(path, size, channels)
         else:
             raise CompressorError(
-                f"unknown dataset {name!r}: use cifar10, cifar100, digits, an image folder or an .npz file"
+                f"unknown dataset {name!r}: use {', '.join(NAMED_DATASETS)}, an image folder or an .npz file"
             )
     for split in (data.train, data.test):
         if split is not None:

@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 _aten = torch.ops.aten
 _CONV = {_aten.convolution.default, _aten._convolution.default}  # the second is what traced TorchScript calls
 _POOL = {_aten.max_pool2d_with_indices.default, _aten.max_pool2d.default, _aten.avg_pool2d.default}
+_MATMUL = {_aten.addmm.default, _aten.mm.default}  # what nn.Linear dispatches to
 
 
 def count_params(model: nn.Module) -> int:
@@ -82,7 +83,14 @@ class _ScheduleRecorder(TorchDispatchMode):
         elif func in _POOL and args[0].dim() == 4:
             first = out[0] if isinstance(out, tuple) else out
             self.events.append(("pool", args[0].shape[-2], first.shape[-2], 0, False))
+        elif func in _MATMUL and out.dim() == 2:
+            self.events.append(("linear", 0, out.shape[-1], 0, False))
         return out
+
+    def head_hidden(self) -> tuple[int, ...]:
+        """The widths of the fully-connected layers after the last convolution, the classifier excepted."""
+        last_conv = max((i for i, e in enumerate(self.events) if e[0] == "conv"), default=-1)
+        return tuple(e[2] for e in self.events[last_conv + 1:] if e[0] == "linear")[:-1]
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ class ModelProfile:
     params: int
     macs: int
     schedule: SpatialSchedule
+    head_hidden: tuple[int, ...] = ()  # hidden fully-connected widths of the head (VGG: 4096, 4096; ResNet: none)
 
 
 @torch.no_grad()
@@ -124,7 +133,7 @@ def profile_model(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelP
         input_size=input_shape[-1], sizes=sizes, stem_kernel=convs[0][3], stem_pool=stem_pool,
         depthwise=any(e[4] for e in convs), spatial_convs=len(convs),
     )
-    return ModelProfile(count_params(model), flops.get_total_flops() // 2, schedule)
+    return ModelProfile(count_params(model), flops.get_total_flops() // 2, schedule, recorder.head_hidden())
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:

@@ -80,10 +80,15 @@ def gains(report: dict) -> list[str]:
         f"Parameters {s['params']:,} / {t['params']:,} ({100 * s['params'] / t['params']:.2f} %), "
         f"MACs {s['macs'] / 1e6:,.2f} M / {t['macs'] / 1e6:,.2f} M ({100 * s['macs'] / t['macs']:.2f} %)."
     ]
+    if report.get("params_ratio_why"):
+        lines.append(f"Smaller than asked: {report['params_ratio_why']}.")
     deployment = report.get("deployment") or {}
     speed = deployment.get("cpu_speed")
     if not speed:
         lines.append(f"Speed-up not measured ({'the export check failed' if 'error' in deployment else 'no ONNX export'}).")
+        return lines
+    if not speed.get("speedup"):
+        lines.append(f"Speed-up not measured: {teacher_onnx_problem(deployment)}.")
         return lines
     lines.append("Speed-up over the teacher, ONNX Runtime on the CPU: "
                  + ", ".join(f"{v:.2f}× at batch {bs}" for bs, v in speed["speedup"].items()) + ".")
@@ -92,6 +97,24 @@ def gains(report: dict) -> list[str]:
         lines.append(f"WARNING: the student is slower than its teacher at batch {', '.join(slower)} "
                      f"(MACs ratio asked: {report.get('macs_ratio', report['requested_ratio']):g}, "
                      f"student family {s['arch']}); lower --macs-ratio or use --student auto.")
+    return lines
+
+
+def teacher_onnx_problem(deployment: dict) -> str:
+    error = ((deployment.get("exporters") or {}).get("teacher") or {}).get("error", "no teacher file")
+    return f"the teacher has no ONNX file ({error})"
+
+
+def exporter_notes(deployment: dict) -> list[str]:
+    """One line for each file an exporter other than the torch.export-based one wrote, and for a student
+    without its torch.export program."""
+    lines = []
+    if "error" in (deployment.get("program") or {}):
+        lines.append(f"No `student.pt2`: {deployment['program']['error']}.")
+    for role, note in (deployment.get("exporters") or {}).items():
+        if note.get("exporter_fallback"):
+            lines.append(f"`{role}.onnx` came from the TorchScript exporter: the torch.export-based one failed "
+                         f"({note['exporter_fallback']}).")
     return lines
 
 
@@ -139,27 +162,32 @@ def markdown(report: dict) -> str:
 def deployment_markdown(dep: dict) -> list[str]:
     if "error" in dep:
         return ["", "## Deployment", "", f"**A check after training failed:** {dep['error']}", "",
-                "The trained student is kept as `student.pt` (TorchScript), `student.safetensors` and "
+                "The trained student is kept as `student.pt2` (torch.export), `student.safetensors` and "
                 "`checkpoints/best.pt`; `python -m export onnx` can retry the export from them."]
     v = dep["verification"]
-    lines = [
-        "",
-        "## Deployment",
-        "",
-        f"`student.onnx` and `teacher.onnx` verified against PyTorch with ONNX Runtime at batch sizes {v['batch_sizes']}: "
-        f"max |Δlogit| {v['student_max_abs_logit_diff']:.1e} (student), {v['teacher_max_abs_logit_diff']:.1e} (teacher). "
-        "INT8 is calibrated on generator samples: no real data.",
-        "",
-        "| variant | file | size | top-1 full (ONNX Runtime) |",
-        "|---|---|---:|---:|",
-    ]
+    teacher_diff = v.get("teacher_max_abs_logit_diff")
+    verified = (f"`student.onnx` and `teacher.onnx` verified against PyTorch with ONNX Runtime at batch sizes "
+                f"{v['batch_sizes']}: max |Δlogit| {v['student_max_abs_logit_diff']:.1e} (student), "
+                f"{teacher_diff:.1e} (teacher).") if teacher_diff is not None else (
+                f"`student.onnx` verified against PyTorch with ONNX Runtime at batch sizes {v['batch_sizes']}: max "
+                f"|Δlogit| {v['student_max_abs_logit_diff']:.1e}. No speed comparison: {teacher_onnx_problem(dep)}.")
+    lines = ["", "## Deployment", "", f"{verified} INT8 is calibrated on generator samples: no real data.",
+             *[line for note in exporter_notes(dep) for line in ("", note)], "",
+             "| variant | file | size | top-1 full (ONNX Runtime) |", "|---|---|---:|---:|"]
     for name, info in dep["variants"].items():
         lines.append(f"| student {name} | `{info['file']}` | {info['bytes'] / 1e3:.0f} kB | {_pct(info['accuracy'])} |")
-    lines.append(f"| teacher fp32 | `{dep['teacher_file']['file']}` | {dep['teacher_file']['bytes'] / 1e3:.0f} kB | |")
-    speed = dep["cpu_speed"]
-    lines += ["", f"CPU speed, fp32, ONNX Runtime, {speed['threads']} threads "
-                  "(a short measurement; use `python -m export bench` for more):", "",
-              "| batch | student p50 | teacher p50 | student img/s | teacher img/s | speed-up |",
+    if dep.get("teacher_file"):
+        lines.append(f"| teacher fp32 | `{dep['teacher_file']['file']}` | {dep['teacher_file']['bytes'] / 1e3:.0f} kB | |")
+    return lines + speed_markdown(dep["cpu_speed"])
+
+
+def speed_markdown(speed: dict) -> list[str]:
+    lines = ["", f"CPU speed, fp32, ONNX Runtime, {speed['threads']} threads "
+                 "(a short measurement; use `python -m export bench` for more):", ""]
+    if not speed.get("teacher"):
+        lines += ["| batch | student p50 | student img/s |", "|---:|---:|---:|"]
+        return lines + [f"| {bs} | {s['p50_ms']:.2f} ms | {s['images_per_second']:.0f} |" for bs, s in speed["student"].items()]
+    lines += ["| batch | student p50 | teacher p50 | student img/s | teacher img/s | speed-up |",
               "|---:|---:|---:|---:|---:|---:|"]
     for bs, s in speed["student"].items():
         t = speed["teacher"][bs]

@@ -11,9 +11,11 @@ budget. Costs are computed analytically, so the search tries thousands of shapes
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch.nn as nn
@@ -43,6 +45,7 @@ class StudentPlan:
     macs: int
     budget: int
     macs_budget: int
+    short_of_budget: str | None = None  # why the student holds fewer parameters than the ratio allows, where it does
 
     @property
     def label(self) -> str:
@@ -63,6 +66,7 @@ class _Budget:
     num_classes: int
     in_channels: int
     input_size: int
+    head_hidden: tuple[int, ...] = ()  # the teacher's hidden head widths: what a student's head may copy
 
 
 def family_for(schedule: SpatialSchedule) -> Literal["resnet", "mobilenet"]:
@@ -82,8 +86,9 @@ def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int | None:
 
 def _resnet_candidates(b: _Budget, schedule: SpatialSchedule,
                        macs_cap: int) -> Iterator[tuple[tuple, ResNetStudentSpec, int, int]]:
-    """Every filled shape under both budgets, with a preference key (larger is better): no hidden head, a first
-    stage of at least MIN_FIRST_WIDTH channels, depth, growth nearest to doubling, then the most compute."""
+    """Every shape under both budgets, with a preference key (larger is better): filling the parameter budget,
+    else the most parameters; then no hidden head, a first stage of at least MIN_FIRST_WIDTH channels, depth,
+    growth nearest to doubling, then the most compute."""
     strides = schedule.stage_strides
     n = len(strides)
     base = {"strides": strides, "stem_kernel": min(7, schedule.stem_kernel) | 1, "stem_stride": schedule.stem_stride,
@@ -106,7 +111,8 @@ def _resnet_candidates(b: _Budget, schedule: SpatialSchedule,
                 widths = [max(1, round(c1 * growth**i)) for i in range(n - 1)]
                 floor = widths[-1] if widths else c1
                 # This iteration's widths and depth, bound here: the closures below run within the iteration.
-                def spec_with(last: int, hidden: int = 0, *, widths: list[int] = widths, depth: int = depth) -> ResNetStudentSpec:
+                def spec_with(last: int, hidden: tuple[int, ...] = (), *, widths: list[int] = widths,
+                              depth: int = depth) -> ResNetStudentSpec:
                     return ResNetStudentSpec(widths=(*widths, last), blocks=(depth,) * n, head_hidden=hidden, **base)
                 if not fits(spec_with(floor)):
                     break  # wider first stages only cost more
@@ -114,15 +120,34 @@ def _resnet_candidates(b: _Budget, schedule: SpatialSchedule,
                 spec = spec_with(last)
                 params, macs = cost(spec)
                 if params < MIN_FILL * b.params:
-                    # The compute cap stopped the last stage short of the parameter budget: hold the rest in a
-                    # hidden head layer instead, at one multiply-add per parameter.
-                    hidden = _largest(1, b.params, lambda h, floor=floor: fits(spec_with(floor, h)))
-                    if hidden is None or hidden < b.num_classes:
-                        continue
-                    spec = spec_with(floor, hidden)
+                    spec = _with_teacher_like_head(spec, b, fits, cost)
                     params, macs = cost(spec)
-                if params >= MIN_FILL * b.params:
-                    yield (spec.head_hidden == 0, c1 >= MIN_FIRST_WIDTH, depth, -abs(growth - 2), macs), spec, params, macs
+                filled = params >= MIN_FILL * b.params
+                yield ((filled, 0 if filled else params, not spec.head_hidden, c1 >= MIN_FIRST_WIDTH, depth,
+                        -abs(growth - 2), macs), spec, params, macs)
+
+
+def _with_teacher_like_head(spec: ResNetStudentSpec, b: _Budget, fits: Callable[[ResNetStudentSpec], bool],
+                            cost: Callable[[ResNetStudentSpec], tuple[int, int]]) -> ResNetStudentSpec:
+    """Where compute stopped the last stage short of the parameter budget: hidden head layers hold the rest at one
+    multiply-add per parameter, but only as many and as wide as the teacher's own head has (none for a ResNet),
+    so the budget is filled with capacity of a shape the teacher uses, not padding. The most parameters wins."""
+    best, best_params = spec, cost(spec)[0]
+    floor = spec.widths[-2] if len(spec.widths) > 1 else spec.widths[0]
+    for layers in range(1, len(b.head_hidden) + 1):
+        def with_head(width: int, last: int = floor, layers: int = layers) -> ResNetStudentSpec:
+            return spec.model_copy(update={"widths": (*spec.widths[:-1], last), "head_hidden": (width,) * layers})
+        width = _largest(1, min(max(b.head_hidden), b.params), lambda h: fits(with_head(h)))
+        if width is None or width < b.num_classes:
+            continue
+        last = _largest(floor, max(floor, spec.widths[-1]), lambda w, width=width: fits(with_head(width, w)))
+        candidate = with_head(width, last)
+        params = cost(candidate)[0]
+        if params > best_params:
+            best, best_params = candidate, params
+        if params >= MIN_FILL * b.params:
+            break
+    return best
 
 
 def _mobilenet_candidates(b: _Budget, schedule: SpatialSchedule,
@@ -174,14 +199,14 @@ def plan_student(
     if family not in _SEARCH:
         raise CompressorError(f"unknown student family {family!r}; choose from auto, {', '.join(_SEARCH)}")
     budget = _Budget(int(ratio * teacher.params), int(macs_ratio * teacher.macs), num_classes, in_channels,
-                     teacher.schedule.input_size)
+                     teacher.schedule.input_size, teacher.head_hidden)
     search = _SEARCH[family]
     try:
         best = max(search(budget, teacher.schedule, budget.macs), key=lambda c: c[0], default=None)
     except ValueError as exc:  # a schedule the family cannot follow (e.g. too many downsampling stages)
         raise CompressorError(f"a {family} student cannot follow this teacher's spatial schedule: {exc}") from None
     if best is None:
-        cheapest = min((c[3] for c in search(budget, teacher.schedule, 2**62)), default=None)
+        cheapest = min((c[3] for c in search(budget, teacher.schedule, 2**62) if c[2] >= MIN_FILL * budget.params), default=None)
         if cheapest is None:
             other = "mobilenet" if family == "resnet" else "resnet"
             raise CompressorError(
@@ -194,7 +219,18 @@ def plan_student(
             f"multiply-adds ({budget.macs:,}); the cheapest needs --macs-ratio {needed:g} ({cheapest:,} MACs)"
         )
     _, spec, params, macs = best
-    return StudentPlan(family, FAMILY_ARCHS[family], spec.model_dump(mode="json"), params, macs, budget.params, budget.macs)
+    return StudentPlan(family, FAMILY_ARCHS[family], spec.model_dump(mode="json"), params, macs, budget.params, budget.macs,
+                       _shortfall(params, budget, teacher, macs_ratio))
+
+
+def _shortfall(params: int, budget: _Budget, teacher: ModelProfile, macs_ratio: float) -> str | None:
+    if params >= MIN_FILL * budget.params:
+        return None
+    head = (f"a head no larger than the teacher's ({len(budget.head_hidden)} hidden layers of at most "
+            f"{max(budget.head_hidden):,})" if budget.head_hidden else "no hidden head layer, as the teacher has none")
+    return (f"the compute budget binds first: the student holds {params / teacher.params:.3f} of the teacher's parameters, "
+            f"not the {budget.params / teacher.params:.3f} the ratio allows, within {macs_ratio:g} of its multiply-adds "
+            f"and with {head}; --macs-ratio raises it")
 
 
 def named_student(name: str, teacher: ModelProfile, num_classes: int, in_channels: int) -> StudentPlan:
@@ -211,3 +247,30 @@ def named_student(name: str, teacher: ModelProfile, num_classes: int, in_channel
     if params >= teacher.params:
         raise CompressorError(f"student {name} has {params:,} parameters, not fewer than the teacher's {teacher.params:,}")
     return StudentPlan("named", name, {}, params, macs, params, macs)
+
+
+def student_from_safetensors(path: str | Path) -> nn.Module:
+    """The student a run saved as `student.safetensors`, rebuilt from the architecture and spec in its metadata
+    (class and channel counts from its weights' shapes), in eval mode. Data only: nothing in the file runs."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        spec = json.loads(meta.get("spec") or "{}")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CompressorError(f"cannot read {path}: {exc}") from None
+    if not meta.get("arch"):
+        raise CompressorError(f"{path} has no student architecture in its metadata (not written by a run)")
+    mats = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
+    convs = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 4]
+    if not mats or not convs:
+        raise CompressorError(f"{path} holds no classifier and convolution weights")
+    extra = {"spec": spec} if spec else {}
+    try:
+        model = create_model(meta["arch"], num_classes=mats[-1].shape[0], in_channels=convs[0].shape[1], **extra)
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CompressorError(f"{path} does not match its architecture {meta['arch']!r}: {str(exc).splitlines()[0]}") from None
+    return model.eval()

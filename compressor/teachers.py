@@ -2,9 +2,16 @@
 
 Nothing in a checkpoint is ever unpickled as code: safetensors files are data by
 construction, state dicts go through ``torch.load(weights_only=True)``, and a
-pickled whole module is refused before any of its code can run. TorchScript
-archives are code (their ``__setstate__`` and ``forward`` run as they load and
-run), so they are loaded only when the caller trusts the file (``--trust-code``).
+pickled whole module is refused before any of its code can run. A ``torch.export``
+program (``.pt2``) is a graph of PyTorch operators and raw weights; it is loaded
+with every unpickling restricted to tensors. TorchScript archives are code (their
+``__setstate__`` and ``forward`` run as they load and run), so they are loaded
+only when the caller trusts the file (``--trust-code``).
+
+A program's weights keep their module names, so a program of a registry
+architecture is rebuilt as that architecture, BatchNorm layers and all (what the
+batch-norm statistics term hooks). Any other program is distilled from as its
+graph, where BatchNorm is an operator, not a layer: the run says the term is off.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ class LoadedTeacher:
     num_classes: int
     in_channels: int
     sha256: str
-    source: str  # "state_dict" or "torchscript"
+    source: str  # "state_dict", "program" (torch.export .pt2) or "torchscript"
 
 
 def file_sha256(path: Path) -> str:
@@ -48,6 +55,24 @@ def _is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as zf:
         return any(n.split("/", 1)[-1].startswith("code/") for n in zf.namelist())
+
+
+def _is_program(path: Path) -> bool:
+    """A torch.export archive (torch.export.save): a zip that declares its archive format."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n == "archive_format" or n.endswith("/archive_format") for n in zf.namelist())
+
+
+def _read_program(path: Path) -> tuple[dict[str, torch.Tensor], nn.Module]:
+    from export.program import ProgramError, load_program, program_module
+
+    try:
+        program, _ = load_program(path, untrusted=True)
+    except ProgramError as exc:
+        raise CompressorError(str(exc)) from None
+    return {k: v.detach() for k, v in program.state_dict.items()}, program_module(program)
 
 
 def _unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
@@ -100,6 +125,8 @@ def _read_checkpoint(path: Path, trust_code: bool = False) -> tuple[dict[str, to
             return _unwrap_state_dict(load_file(str(path))), None
         except (SafetensorError, ValueError, OSError) as exc:
             raise CompressorError(f"cannot read safetensors file {path}: {exc}") from None
+    if _is_program(path):
+        return _read_program(path)
     try:
         if _is_torchscript(path):
             if not trust_code:  # refused from its zip directory alone: nothing in it has been read or run
@@ -193,8 +220,9 @@ def load_teacher(path: str | Path, arch: str | None = None, trust_code: bool = F
     else:
         arch = infer_arch(state, num_classes, in_channels)
         if arch is None:
-            if scripted is not None:  # an architecture we don't know, but TorchScript carries its own code
-                return LoadedTeacher(scripted.eval(), "torchscript", num_classes, in_channels, sha, "torchscript")
+            if scripted is not None:  # an architecture we don't know, but the program or TorchScript runs itself
+                source = "program" if _is_program(path) else "torchscript"
+                return LoadedTeacher(_frozen(scripted), source, num_classes, in_channels, sha, source)
             raise CompressorError(
                 f"cannot recognise the architecture of {path} ({len(state)} tensors, {num_classes} classes); "
                 "pass --arch NAME or --arch package.module:factory"
@@ -205,7 +233,12 @@ def load_teacher(path: str | Path, arch: str | None = None, trust_code: bool = F
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise CompressorError(f"checkpoint does not fit architecture {arch}: {first}") from None
+    source = "state_dict" if scripted is None else "program" if _is_program(path) else "torchscript"
+    return LoadedTeacher(_frozen(model), arch, num_classes, in_channels, sha, source)
+
+
+def _frozen(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return LoadedTeacher(model, arch, num_classes, in_channels, sha, "torchscript" if scripted is not None else "state_dict")
+    return model

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from export.cli import ExitCode, OneLineParser
-from export.onnx import OPSET, ExportError, export_onnx, read_metadata, verify_onnx
+from export.metadata import read_metadata
+from export.onnx import MAX_OPSET, OPSET, ExportError, export_onnx, verify_onnx
 from export.providers import ProviderError
 
 
@@ -46,15 +46,33 @@ def _require_onnx(path: str) -> Path:
     return p
 
 
-def _load_torchscript(path: Path):
-    import torch
+def _load_student(path: Path):
+    """(the student as a module, the metadata its file carries). A `.pt2` program is read here; a `.safetensors`
+    file needs the student's architecture, which the compressor builds from the spec in its metadata."""
+    from export.program import ProgramError, load_program, program_module
 
+    if path.suffix == ".safetensors":
+        from compressor.errors import CompressorError
+        from compressor.students import student_from_safetensors
+
+        try:
+            return student_from_safetensors(path), {}
+        except CompressorError as exc:
+            raise UsageError(str(exc)) from None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.jit.load(str(path), map_location="cpu").eval()
-    except Exception:
-        raise UsageError(f"{path} is not a TorchScript archive (export the student with torch.jit.save)") from None
+        program, metadata = load_program(path)
+    except ProgramError as exc:
+        raise UsageError(f"{exc} (give a run folder, a .pt2 program or a run's student.safetensors)") from None
+    return program_module(program), metadata
+
+
+def _student_file(source: Path) -> Path:
+    if not source.is_dir():
+        return _require_file(str(source))
+    for name in ("student.pt2", "student.safetensors"):
+        if (source / name).is_file():
+            return source / name
+    raise UsageError(f"{source} holds neither student.pt2 nor student.safetensors")
 
 
 def cmd_onnx(args) -> None:
@@ -64,22 +82,24 @@ def cmd_onnx(args) -> None:
 
     src = Path(args.source)
     run_dir = src if src.is_dir() else None
-    checkpoint = (run_dir / "student.pt") if run_dir else src
-    model = _load_torchscript(_require_file(str(checkpoint)))
-    metadata = read_metadata(run_dir / "student.onnx") if run_dir and (run_dir / "student.onnx").exists() else {}
+    model, metadata = _load_student(_student_file(src))
+    if run_dir and (run_dir / "student.onnx").exists():
+        metadata = read_metadata(run_dir / "student.onnx")
     if args.input_shape:
         shape = tuple(args.input_shape)
-    elif metadata:
+    elif "input_size" in metadata and "in_channels" in metadata:
         shape = (metadata["in_channels"], metadata["input_size"], metadata["input_size"])
     else:
         raise UsageError("pass --input-shape C,H,W (no run folder metadata to read it from)")
     out = Path(args.out or (run_dir or src.parent))
     out.mkdir(parents=True, exist_ok=True)
     target = out / "student.onnx"
-    max_opset = torch.onnx._constants.ONNX_MAX_OPSET if hasattr(torch.onnx, "_constants") else 20
-    if not 7 <= args.opset <= max_opset:
-        raise UsageError(f"opset {args.opset} is not supported by the installed exporter (7 to {max_opset})")
-    export_onnx(model, shape, target, {**metadata, "opset": args.opset}, opset=args.opset)
+    if not OPSET <= args.opset <= MAX_OPSET:
+        raise UsageError(f"opset {args.opset} is not supported by the exporter ({OPSET} to {MAX_OPSET})")
+    written = export_onnx(model, shape, target, {**metadata, "opset": args.opset}, opset=args.opset)
+    if written.fallback:
+        print(f"note: the TorchScript exporter wrote it; the torch.export-based one failed ({written.fallback})",
+              file=sys.stderr)
     samples = _calibration(run_dir, shape)
     worst = verify_onnx(model, target, [torch.from_numpy(samples[:1]), torch.from_numpy(samples[np.arange(37) % len(samples)])])
     print(f"{target}: verified against PyTorch, max |Δlogit| {worst:.1e}")
@@ -108,7 +128,7 @@ def cmd_verify(args) -> None:
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((n, *shape), dtype=np.float32) for n in (1, 37)]
     if args.against:
-        model = _load_torchscript(_require_file(args.against))
+        model, _ = _load_student(_student_file(Path(args.against)))
         worst = verify_onnx(model, path, [torch.from_numpy(b) for b in batches])
         print(f"{path}: matches {args.against}, max |Δlogit| {worst:.1e} at batch sizes 1 and 37")
         return
@@ -134,16 +154,16 @@ def cmd_bench(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m export", description="ONNX export, verification, quantisation, benchmarks")
     sub = p.add_subparsers(dest="command", required=True)
-    o = sub.add_parser("onnx", help="export a TorchScript student (or a run folder's) to verified ONNX")
-    o.add_argument("source", help="a run folder (with student.pt) or a TorchScript checkpoint")
+    o = sub.add_parser("onnx", help="export a run's student (student.pt2 or student.safetensors) to verified ONNX")
+    o.add_argument("source", help="a run folder, a .pt2 program or a run's student.safetensors")
     o.add_argument("--opset", type=int, default=OPSET)
     o.add_argument("--fp16", action="store_true")
     o.add_argument("--int8", action="store_true")
     o.add_argument("--input-shape", type=lambda s: [int(v) for v in s.split(",")], help="C,H,W without a run folder")
     o.add_argument("--out")
-    v = sub.add_parser("verify", help="check an ONNX file runs, and optionally matches a TorchScript model")
+    v = sub.add_parser("verify", help="check an ONNX file runs, and optionally matches a run's student")
     v.add_argument("model")
-    v.add_argument("--against")
+    v.add_argument("--against", help="a run folder, a .pt2 program or a run's student.safetensors")
     b = sub.add_parser("bench", help="latency and throughput; two models give a speed-up ratio")
     b.add_argument("models", nargs="+")
     b.add_argument("--batch-sizes", type=_positive_ints, default=[1, 8, 64])

@@ -1,28 +1,61 @@
 """Export a PyTorch classifier to ONNX and prove the file computes the same logits.
 
-We use the TorchScript-based exporter (``dynamo=False``): on these machines
-it exports a ResNet-18 in under a second against about 8 s for the
-``torch.export`` path, needs no onnxscript, and both match PyTorch to ~1e-6.
-The opset is fixed so files are reproducible across torch upgrades.
+The `torch.export`-based exporter (`dynamo=True`, PyTorch's supported path) writes the file; where it cannot
+take a model, the TorchScript exporter (deprecated in torch 2.14) does, and the result says why. Both are
+verified the same way against PyTorch. The opset is fixed so files are reproducible across torch upgrades.
 """
 from __future__ import annotations
 
 import json
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
 import torch
 import torch.nn as nn
+from torch.export import ExportedProgram
 
-OPSET = 17
+from export.program import export_program, quiet_torch
+
+OPSET = 18  # the lowest opset the torch.export-based exporter writes
+MAX_OPSET = 23
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+Exporter = Literal["dynamo", "torchscript"]
 
 
 class ExportError(Exception):
     """The export or its verification failed; the model must not be shipped."""
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    path: Path
+    exporter: Exporter
+    fallback: str | None = None  # why the torch.export-based exporter did not write it, where it did not
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def _quiet_export(*args, **kwargs) -> None:
+    with quiet_torch():
+        torch.onnx.export(*args, **kwargs)
+
+
+def _with_dynamo(program: ExportedProgram, path: Path, opset: int) -> None:
+    _quiet_export(program, (), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
+                  dynamo=True, external_data=False, verbose=False)
+
+
+def _with_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int) -> None:
+    example = torch.zeros(2, *input_shape, device=next(model.parameters()).device)
+    _quiet_export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset, dynamo=False)
 
 
 def export_onnx(
@@ -31,26 +64,34 @@ def export_onnx(
     path: str | Path,
     metadata: dict[str, object] | None = None,
     opset: int = OPSET,
-) -> Path:
-    """Write `model` with a dynamic batch axis; metadata values that are not strings are stored as JSON."""
+    exporter: Exporter | Literal["auto"] = "auto",
+    program: ExportedProgram | None = None,
+) -> OnnxExport:
+    """Write `model` with a dynamic batch axis. `auto` uses the torch.export-based exporter (on `program` where
+    the caller has already exported one) and falls back to the TorchScript one where it fails."""
     path = Path(path)
     model = model.eval()
-    device = next(model.parameters()).device
-    example = torch.zeros(2, *input_shape, device=device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
+    used: Exporter = "dynamo"
+    fallback = None
+    try:
+        if exporter == "torchscript":
+            used = "torchscript"
+            _with_torchscript(model, input_shape, path, opset)
+        else:
+            try:
+                _with_dynamo(program if program is not None else export_program(model, input_shape), path, opset)
+            except Exception as exc:  # the exporter raises many kinds; the old one may still take the model
+                if exporter == "dynamo":
+                    raise
+                used, fallback = "torchscript", _first_line(exc)
+                _with_torchscript(model, input_shape, path, opset)
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"the {used} exporter failed: {_first_line(exc)}") from None
     onnx.checker.check_model(str(path))
-    return set_metadata(path, metadata or {})
+    set_metadata(path, metadata or {})
+    return OnnxExport(path, used, fallback)
 
 
 def set_metadata(path: str | Path, metadata: dict[str, object]) -> Path:
@@ -63,17 +104,6 @@ def set_metadata(path: str | Path, metadata: dict[str, object]) -> Path:
         entry.value = value if isinstance(value, str) else json.dumps(value)
     onnx.save(proto, str(path))
     return path
-
-
-def read_metadata(path: str | Path) -> dict[str, object]:
-    """Metadata properties, JSON values decoded."""
-    out: dict[str, object] = {}
-    for prop in onnx.load(str(path), load_external_data=False).metadata_props:
-        try:
-            out[prop.key] = json.loads(prop.value)
-        except json.JSONDecodeError:
-            out[prop.key] = prop.value
-    return out
 
 
 def cpu_session(path: str | Path):

@@ -20,8 +20,8 @@ from pathlib import Path
 from compressor.run_folder import RunPaths, read_metrics
 from serving.schemas import JobOptions, JobProgress, JobState, JobView
 
-DOWNLOADABLE = ("student.onnx", "report.json", "report.md", "student.fp16.onnx", "student.int8.onnx", "accuracy.png",
-                "samples.png", "confusion_full.png", "confusion_full_teacher.png")
+DOWNLOADABLE = ("student.onnx", "student.pt2", "report.json", "report.md", "student.fp16.onnx", "student.int8.onnx",
+                "accuracy.png", "samples.png", "confusion_full.png", "confusion_full_teacher.png")
 FINISHED: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
 
 _SCHEMA = """

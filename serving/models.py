@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from export.onnx import read_metadata
+from export.metadata import read_metadata
 from serving.jobs import JobStore
 from serving.schemas import ModelInfo
 from serving.settings import ServingSettings

@@ -99,7 +99,8 @@ def _job_paths() -> dict:
     option_fields = JobOptions.model_json_schema(ref_template=REF)["properties"]  # the compressor's names as enums
     submit_form = {"type": "object", "required": ["teacher", "ratio"], "properties": {
         "teacher": {"type": "string", "format": "binary",
-                    "description": "a state dict (.pth, loaded with weights_only) or .safetensors; never TorchScript"},
+                    "description": "a state dict (.pth, loaded with weights_only), .safetensors or a "
+                                   "torch.export .pt2; never TorchScript"},
         **option_fields,
         "options": {"type": "string", "description": "the same options as one JSON object, instead of fields"}}}
     return {

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from compressor.config import MethodName, PresetName, Std, StudentConfig
+from compressor.config import MethodName, NamedDataset, PresetName, Std, StudentConfig
 
 # The compressor's own names, so the API and its OpenAPI enums list exactly what a run accepts.
 StudentFamily = StudentConfig.model_fields["family"].annotation
@@ -81,7 +81,7 @@ class JobOptions(Strict):
     eval_every: int | None = Field(None, gt=0)
     seed: int | None = Field(None, ge=0)
     arch: str | None = Field(None, description="a registry name; custom code (package.module:factory) is refused here")
-    dataset: Literal["digits", "cifar10", "cifar100"] | None = Field(
+    dataset: NamedDataset | None = Field(
         None, description="evaluation data for the report; cifar needs the server's torchvision copy (no download)")
     input_size: int | None = Field(None, gt=0, le=1024)
     mean: tuple[float, ...] | None = Field(None, min_length=1, max_length=4, description="per channel, or one for all")
@@ -110,8 +110,8 @@ class JobOptions(Strict):
                 args += ["--" + name.replace("_", "-"), str(value)]
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if value is not None:
-                args += ["--" + name, ",".join(repr(v) for v in value)]
+            if value is not None:  # `--mean=-0.5`: a separate "-0.5" would be read as a flag
+                args.append(f"--{name}=" + ",".join(repr(v) for v in value))
         return args
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import torch
 
@@ -26,4 +27,19 @@ def torchscript_payload() -> bytes:
     """A TorchScript archive whose code raises 'payload ran' the moment it is loaded."""
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(_Payload()), buffer)
+    return buffer.getvalue()
+
+
+class _Touch:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def pickle_payload(marker) -> bytes:
+    """A torch.save file whose unpickling runs `touch marker` (only a full, unrestricted unpickling runs it)."""
+    buffer = io.BytesIO()
+    torch.save({"x": _Touch(str(marker))}, buffer)
     return buffer.getvalue()

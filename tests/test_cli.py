@@ -114,30 +114,37 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, small_teacher):
     assert (out / "report.json").exists()
 
 
-def test_a_check_that_fails_after_training_keeps_the_student_and_the_report(tmp_path):
-    """A teacher whose ONNX export does not reproduce it (a Python float taken from a tensor is frozen into the
-    traced graph): the teacher check fails after training, and the run keeps everything it trained."""
-    (tmp_path / "frozen_nets.py").write_text(textwrap.dedent("""
-        import torch.nn as nn
-        class Frozen(nn.Module):
-            def __init__(self, num_classes=10):
-                super().__init__()
-                self.body = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                                          nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
-                                          nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(),
-                                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes))
-            def forward(self, x):
-                return self.body(x) + 100 * float(x.mean())
-    """))
+FROZEN_NETS = textwrap.dedent("""
+    import torch.nn as nn
+    class Frozen(nn.Module):
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                      nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
+                                      nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes))
+        def forward(self, x):
+            return self.body(x) + 100 * float(x.mean())
+""")
+
+
+def _frozen_net(tmp_path):
+    """A model no ONNX exporter reproduces: torch.export cannot trace a Python float taken from a tensor, and the
+    TorchScript exporter freezes it into the graph as a constant."""
+    (tmp_path / "frozen_nets.py").write_text(FROZEN_NETS)
     torch.manual_seed(0)
     sys.path.insert(0, str(tmp_path))
     try:
         import frozen_nets
 
-        torch.save(frozen_nets.Frozen().state_dict(), tmp_path / "t.pth")
+        return frozen_nets.Frozen().eval()
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("frozen_nets", None)
+
+
+def test_a_teacher_no_exporter_takes_costs_the_run_only_its_speed_figure(tmp_path):
+    torch.save(_frozen_net(tmp_path).state_dict(), tmp_path / "t.pth")
     out = tmp_path / "run"
     env_path = f"{tmp_path}{os.pathsep}{ROOT}"
     proc = subprocess.run(
@@ -145,14 +152,42 @@ def test_a_check_that_fails_after_training_keeps_the_student_and_the_report(tmp_
          "frozen_nets:Frozen", "--steps", "1", "--batch-size", "8", "--out", str(out), "--quiet"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": env_path}, capture_output=True, text=True, timeout=600,
     )
-    assert proc.returncode == 3, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert "teacher.onnx failed verification" in proc.stderr and "student is kept" in proc.stderr
-    for name in ("student.pt", "student.safetensors", "checkpoints/best.pt", "report.md", "report.json"):
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "FutureWarning" not in proc.stderr, proc.stderr
+    said = [line for line in proc.stdout.splitlines() if "the teacher has no ONNX file" in line]
+    assert len(said) == 1 and "teacher.onnx failed verification" in said[0], proc.stdout
+    for name in ("student.onnx", "student.pt2", "student.safetensors", "student.int8.onnx", "report.md", "report.json"):
         assert (out / name).is_file(), name
     assert not (out / "teacher.onnx").exists() and (out / "teacher.unverified.onnx").exists()
     report = json.loads((out / "report.json").read_text())
-    assert "failed verification" in report["deployment"]["error"]
-    assert "A check after training failed" in (out / "report.md").read_text()
-    scripted = torch.jit.load(str(out / "student.pt"))
-    assert scripted(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    deployment = report["deployment"]
+    assert "failed verification" in deployment["exporters"]["teacher"]["error"]
+    assert deployment["cpu_speed"]["speedup"] is None and deployment["cpu_speed"]["student"]["1"]["p50_ms"] > 0
+    assert "the teacher has no ONNX file" in (out / "report.md").read_text()
+
+
+def test_a_student_export_that_fails_verification_is_an_error_and_keeps_no_verified_name(tmp_path):
+    """The student's own ONNX file must match it: the run's export step raises (the CLI's exit code 3, with the
+    report written first) and the file is renamed, never left as student.onnx."""
+    from compressor.errors import CompressorError
+    from compressor.export_step import _export_verified
+
+    model = _frozen_net(tmp_path)
+    checks = [torch.randn(1, 3, 32, 32), torch.randn(37, 3, 32, 32)]
+    with pytest.raises(CompressorError, match="student.onnx failed verification"):
+        _export_verified(model, checks, (3, 32, 32), tmp_path / "student.onnx", {})
+    assert not (tmp_path / "student.onnx").exists() and (tmp_path / "student.unverified.onnx").exists()
+
+
+def test_a_student_smaller_than_its_ratio_says_why_in_one_line_and_in_the_report(tmp_path, small_teacher):
+    """A ratio is a ceiling: a compute budget that binds first gives a smaller student, said once and recorded."""
+    out = tmp_path / "run"
+    proc = run_cli("--teacher", str(small_teacher), "--ratio", "0.3", "--macs-ratio", "0.1", "--steps", "1",
+                   "--batch-size", "8", "--no-onnx", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stdout.splitlines() if "compute budget binds first" in line]
+    assert len(said) == 1 and said[0].startswith("Smaller than asked:"), proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["params_ratio_reached"] == report["ratio"] < 0.97 * 0.3
+    assert "compute budget binds first" in report["params_ratio_why"]
+    assert "Smaller than asked" in (out / "report.md").read_text()

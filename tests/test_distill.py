@@ -76,7 +76,8 @@ def test_selection_never_touches_test_labels(tmp_path):
 
 def test_teacher_onnx_is_exported_once_per_teacher_and_carries_each_runs_metadata(tmp_path, monkeypatch):
     from compressor.data import cache_dir
-    from export.onnx import cpu_session, read_metadata
+    from export.metadata import read_metadata
+    from export.onnx import cpu_session
 
     monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "cache"))
     first = _tiny_config(tmp_path, "first", steps=1).model_copy(update={"export_onnx": True})

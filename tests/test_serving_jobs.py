@@ -82,12 +82,12 @@ def test_metrics_tail_reads_only_complete_lines(tmp_path):
 
 def test_job_options_are_exactly_compressor_flags(tmp_path):
     options = JobOptions(ratio=0.25, method="dfad", student="mobilenet", steps=12, batch_size=32, lr=0.05,
-                         seed=3, dataset="digits", mean=(0.5,), std=(0.25,))
+                         seed=3, dataset="digits", mean=(-0.5,), std=(0.25,))
     args = build_parser().parse_args(["--teacher", "t.pth", "--out", str(tmp_path / "r"), *options.cli_args()])
     cfg = config_from_args(args)
     assert cfg.student.ratio == 0.25 and cfg.method.name == "dfad" and cfg.student.family == "mobilenet"
     assert cfg.steps == 12 and cfg.batch_size == 32 and cfg.student_optim.lr == 0.05 and cfg.seed == 3
-    assert cfg.eval.dataset == "digits" and cfg.teacher.mean == (0.5,) and cfg.teacher.std == (0.25,)
+    assert cfg.eval.dataset == "digits" and cfg.teacher.mean == (-0.5,) and cfg.teacher.std == (0.25,)
 
 
 @pytest.mark.parametrize("bad", [{"ratio": 0}, {"ratio": 1.0}, {"ratio": "lots"}, {"ratio": 0.1, "arch": "evil.module:factory"},

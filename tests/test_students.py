@@ -170,3 +170,38 @@ def test_students_cost_less_than_their_teacher():
     for family in ("resnet", "mobilenet"):
         student = plan_student(family, 0.2, profile, 10, 3).build(10, 3)
         assert count_params(student) < profile.params and count_macs(student, (3, 32, 32)) < profile.macs
+
+
+@pytest.mark.parametrize("arch, classes, size", [("vgg11_bn", 20, 224), ("vgg16_bn", 10, 32)])
+def test_a_head_is_never_wider_or_deeper_than_the_teachers(arch, classes, size):
+    """VGG's parameters sit in its two 4096-wide layers, and compute binds before the convolutions can hold the
+    budget: the student's head may copy that shape (no 116,921-unit layer, as the planner once made), no more."""
+    profile = profile_model(create_model(arch, num_classes=classes), (3, size, size))
+    assert profile.head_hidden == (4096, 4096)
+    for ratio in (0.1, 0.2):
+        plan = plan_student("resnet", ratio, profile, classes, 3)
+        hidden = plan.spec["head_hidden"]
+        assert len(hidden) <= 2 and all(0 < h <= 4096 for h in hidden), hidden
+        assert plan.short_of_budget is None  # two teacher-like layers hold the budget here
+        _check_plan(plan, profile, ratio, ratio, classes, 3, size)
+
+
+def test_where_compute_binds_and_the_teacher_has_no_head_the_student_is_smaller_and_says_why():
+    profile = profile_model(create_model("resnet20", num_classes=10), (3, 32, 32))
+    assert profile.head_hidden == ()
+    feasible = plan_student("resnet", 0.1, profile, 10, 3)
+    plan = plan_student("resnet", 0.3, profile, 10, 3, macs_ratio=feasible.macs / profile.macs)
+    assert plan.spec["head_hidden"] == [] and plan.params < MIN_FILL * int(0.3 * profile.params)
+    assert plan.macs <= feasible.macs and plan.params >= feasible.params
+    assert "compute budget binds first" in plan.short_of_budget and "--macs-ratio" in plan.short_of_budget
+    assert "\n" not in plan.short_of_budget
+    built = plan.build(10, 3)
+    assert count_params(built) == plan.params and count_macs(built, (3, 32, 32)) == plan.macs
+
+
+def test_a_spec_written_with_one_hidden_width_reads_as_one_layer():
+    from compressor.models.student_resnet import ResNetStudentSpec
+
+    old = {"widths": [8, 16], "blocks": [1, 1], "strides": [1, 2], "head_hidden": 32}
+    assert ResNetStudentSpec(**old).head_hidden == (32,)
+    assert ResNetStudentSpec(**{**old, "head_hidden": 0}).head_hidden == ()

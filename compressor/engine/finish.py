@@ -64,7 +64,9 @@ def export(ctx: RunContext, parts: Parts, samples: torch.Tensor, evaluation: Tes
     except CompressorError as exc:
         failed = str(exc)
         deployment = {"error": failed}
-    artifacts.update({"torchscript": "student.pt", "safetensors": "student.safetensors"})
+    artifacts["safetensors"] = "student.safetensors"
+    if (ctx.paths.root / "student.pt2").is_file():
+        artifacts["program"] = "student.pt2"
     return deployment, artifacts, failed
 
 
@@ -97,6 +99,9 @@ def build_report(ctx: RunContext, parts: Parts, steps: Steps, state: TrainState,
         **models,
         "ratio": student["params"] / teacher["params"],
         "requested_ratio": cfg.student.ratio,
+        # A ratio is a ceiling: where compute binds first, the student is smaller and this says why.
+        "params_ratio_reached": student["params"] / teacher["params"],
+        "params_ratio_why": parts.plan.short_of_budget,
         "macs_ratio": cfg.student.macs_ratio or cfg.student.ratio,
         "student_macs_ratio": student["macs"] / teacher["macs"],
         "spatial_schedule": list(parts.teacher_profile.schedule.sizes),

@@ -21,7 +21,8 @@ class ChecksFailed(Exception):
 
     def __init__(self, reason: str, run_dir: Path) -> None:
         paths = RunPaths(run_dir)
-        super().__init__(f"{reason}; the trained student is kept: {run_dir / 'student.pt'}, {paths.best} and {paths.report}")
+        kept = f"{run_dir / 'student.safetensors'}, {paths.best} and {paths.report}"
+        super().__init__(f"{reason}; the trained student is kept: {kept}")
         self.run_dir = run_dir
 
 

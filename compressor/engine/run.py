@@ -68,6 +68,8 @@ def announce(ctx: RunContext, parts: Parts, devices: list[str]) -> None:
         f"student {plan.label}{f' {plan.spec}' if plan.spec else ''}: {s_params:,} params ({100 * s_params / t_params:.2f} %), "
         f"{s_macs / 1e6:.1f} M MACs ({100 * s_macs / t_macs:.2f} %) | {ctx.cfg.method.name} on {describe_devices(devices)}"
     )
+    if plan.short_of_budget:
+        ctx.say(f"note: {plan.short_of_budget}")
 
 
 def train(ctx: RunContext, parts: Parts, steps: Steps, state: TrainState, evaluation: TestEvaluation | None,

@@ -3,9 +3,9 @@
 The stem (kernel, stride, optional max-pool) and the stride of each stage are copied from the teacher's
 schedule (compressor.model_stats), so a student of a torchvision ResNet has its 7x7/2 stem and max-pool and
 runs its first stage at a quarter of the input size, while a student of a CIFAR ResNet keeps the full size.
-Widths and depth are what the budget search (compressor.students) chooses. An optional hidden layer in the
-head holds parameters at one multiply-add each: the only way to fill the parameter budget of a teacher whose
-parameters sit in fully-connected layers (VGG) without exceeding its compute.
+Widths and depth are what the budget search (compressor.students) chooses. Optional hidden layers in the head
+hold parameters at one multiply-add each, for a teacher whose own head has them (VGG's two 4096-wide layers):
+the search never makes them wider or more numerous than the teacher's.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from compressor.models.cifar_resnet import BasicBlock
 from compressor.models.registry import register_model
@@ -27,12 +27,22 @@ class ResNetStudentSpec(BaseModel):
     stem_kernel: int = Field(3, ge=1)
     stem_stride: int = Field(1, ge=1)
     stem_pool: int = Field(1, ge=1)
-    head_hidden: int = Field(0, ge=0)  # 0: one linear layer after the global pool
+    head_hidden: tuple[int, ...] = ()  # hidden layer widths between the global pool and the classifier
+
+    @field_validator("head_hidden", mode="before")
+    @classmethod
+    def _one_width_is_one_layer(cls, v: object) -> object:
+        """A spec written as one width (0: no hidden layer) reads as a tuple of widths."""
+        if isinstance(v, int):
+            return () if v == 0 else (v,)
+        return v
 
     @model_validator(mode="after")
     def _one_entry_per_stage(self) -> ResNetStudentSpec:
         if not self.widths or not (len(self.widths) == len(self.blocks) == len(self.strides)):
             raise ValueError("widths, blocks and strides need one entry per stage")
+        if any(h <= 0 for h in self.head_hidden):
+            raise ValueError("hidden head widths must be positive")
         return self
 
 
@@ -41,18 +51,21 @@ def pool_for(factor: int) -> nn.Module:
     return nn.MaxPool2d(2 * factor - 1, factor, factor - 1) if factor > 1 else nn.Identity()
 
 
-def classifier_head(in_features: int, hidden: int, num_classes: int) -> nn.Module:
-    if hidden == 0:
+def classifier_head(in_features: int, hidden: tuple[int, ...], num_classes: int) -> nn.Module:
+    if not hidden:
         return nn.Linear(in_features, num_classes)
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+        in_features = width
+    return nn.Sequential(*layers, nn.Linear(in_features, num_classes))
 
 
-def head_cost(in_features: int, hidden: int, num_classes: int) -> tuple[int, int]:
+def head_cost(in_features: int, hidden: tuple[int, ...], num_classes: int) -> tuple[int, int]:
     """(parameters, multiply-adds) of `classifier_head`."""
-    if hidden == 0:
-        return in_features * num_classes + num_classes, in_features * num_classes
-    macs = in_features * hidden + hidden * num_classes
-    return macs + hidden + num_classes, macs
+    widths = (in_features, *hidden, num_classes)
+    macs = sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+    return macs + sum(widths[1:]), macs
 
 
 class ResNetStudent(nn.Module):

@@ -109,6 +109,24 @@ document.getElementById("token-clear").addEventListener("click", () => {
 
 // ------------------------------------------------------------------ jobs
 
+// The choices a submission accepts, read from the API's own schema (/docs.json), which takes them from the
+// compressor's registries: a method or dataset added there appears here without a change to this page.
+let jobOptionsSchema = null;
+function jobOptionProperties() {
+  jobOptionsSchema = jobOptionsSchema || apiJson("/docs.json").then((spec) => spec.components.schemas.JobOptions.properties);
+  return jobOptionsSchema;
+}
+
+function optionSelect(field, emptyLabel) {
+  const select = el("select", { name: field }, emptyLabel ? el("option", { value: "" }, emptyLabel) : null);
+  jobOptionProperties().then((properties) => {
+    const schema = properties[field];
+    const named = (schema.anyOf || [schema]).find((s) => Array.isArray(s.enum)) || { enum: [] };
+    for (const name of named.enum) select.append(el("option", { value: name, selected: name === schema.default }, name));
+  }).catch((err) => select.append(el("option", { value: "", disabled: true }, `choices unavailable: ${err.message}`)));
+  return select;
+}
+
 function submitForm(onSubmitted) {
   const message = el("div", { id: "submit-message" });
   const form = el("form", { id: "submit-form", class: "card" },
@@ -117,13 +135,10 @@ function submitForm(onSubmitted) {
       el("label", {}, "Name", el("input", { name: "name", maxlength: 120, placeholder: "optional label" })),
       el("label", {}, "Teacher (state dict or .safetensors)", el("input", { name: "teacher", type: "file", required: true })),
       el("label", {}, "Ratio", el("input", { name: "ratio", type: "number", min: 0.01, max: 0.99, step: 0.01, value: 0.1, required: true })),
-      el("label", {}, "Method", el("select", { name: "method" },
-        el("option", { value: "default" }, "default (rounds + pool)"), el("option", { value: "dfad" }, "dfad (seed)"))),
+      el("label", {}, "Method", optionSelect("method")),
       el("label", {}, "Steps (rounds)", el("input", { name: "steps", type: "number", min: 1, step: 1, placeholder: "preset's" })),
       el("label", {}, "Evaluate every (rounds)", el("input", { name: "eval_every", type: "number", min: 1, step: 1, placeholder: "50" })),
-      el("label", {}, "Evaluation data", el("select", { name: "dataset" },
-        el("option", { value: "" }, "none (data-free selection only)"), el("option", { value: "digits" }, "digits"),
-        el("option", { value: "cifar10" }, "cifar10"), el("option", { value: "cifar100" }, "cifar100")))),
+      el("label", {}, "Evaluation data", optionSelect("dataset", "none (data-free selection only)"))),
     el("button", { type: "submit" }, "Submit"), message);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -284,7 +299,7 @@ function reportSection(job, report) {
     el("figure", { id: "report-curve" }, curve),
     images,
     el("h3", {}, "Downloads"),
-    el("div", { class: "downloads" }, job.artifacts.filter((a) => a.endsWith(".onnx") || a.endsWith(".json") || a.endsWith(".md"))
+    el("div", { class: "downloads" }, job.artifacts.filter((a) => a.endsWith(".onnx") || a.endsWith(".pt2") || a.endsWith(".json") || a.endsWith(".md"))
       .map((a) => downloadButton(job.job_id, a))));
 }
 

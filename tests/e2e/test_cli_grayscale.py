@@ -8,7 +8,8 @@ import torch
 import torchvision
 
 from compressor.models.torchvision_models import adapt_first_conv
-from export.onnx import cpu_session, read_metadata
+from export.metadata import read_metadata
+from export.onnx import cpu_session
 from tests.conftest import run_cli
 
 

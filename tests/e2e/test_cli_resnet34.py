@@ -6,7 +6,8 @@ import numpy as np
 import torch
 import torchvision
 
-from export.onnx import cpu_session, read_metadata
+from export.metadata import read_metadata
+from export.onnx import cpu_session
 from tests.conftest import run_cli
 
 

@@ -22,7 +22,8 @@ from PIL import Image
 from benchmarks.serving import batch_counters
 from compressor.data import load_digits
 from compressor.evaluate import normalise
-from export.onnx import cpu_session, read_metadata
+from export.metadata import read_metadata
+from export.onnx import cpu_session
 from serving.local import LocalServer
 from tests.payloads import torchscript_payload
 
@@ -285,12 +286,12 @@ def test_jobs_survive_a_crash_and_restarts(server, workdir, demo_run, digits_png
         assert r.status_code == 200, r.text
         return r.json()
 
-    job = submit(server, ratio=0.1, steps=40, eval_every=5, dataset="digits", seed=1)
-    queued = submit(server, ratio=0.2, steps=40)
+    job = submit(server, ratio=0.1, steps=20, eval_every=5, dataset="digits", seed=1)
+    queued = submit(server, ratio=0.2, steps=20)
     assert httpx.put(server.url + f"/compress/cancel?job_id={queued}", headers=AUTH).json()["status"] == "cancelled"
     # progress is visible while it runs: steps, losses, best accuracy so far
-    seen = wait_for(lambda: (s := status(server, job))["progress"]["step"] >= 12 and s, 240, "progress")
-    assert seen["status"] == "running" and seen["progress"]["total_steps"] == 40
+    seen = wait_for(lambda: (s := status(server, job))["progress"]["step"] >= 7 and s, 240, "progress")
+    assert seen["status"] == "running" and seen["progress"]["total_steps"] == 20
     assert "s_loss" in seen["progress"]["losses"] and seen["progress"]["best_accuracy"] is not None
     r = httpx.get(server.url + f"/compress/get?job_id={job}", headers=AUTH)
     assert r.status_code == 409 and "running" in r.json()["error"]

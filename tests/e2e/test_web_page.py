@@ -19,13 +19,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from compressor.config import NAMED_DATASETS
 from compressor.data import load_digits
+from compressor.methods import METHODS
 from tests.e2e.test_service import AUTH, TOKEN, start_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 HOSTILE_NAME = '<img src=x onerror=alert(1)>"&<b>bold</b>'
-STEPS = 30
+STEPS = 15
 
 
 def chromium_path() -> str:
@@ -97,6 +99,12 @@ def test_a_job_submitted_through_the_form_runs_to_its_report(web, demo_run):
     page.fill("#submit-form input[name=steps]", str(STEPS))
     page.fill("#submit-form input[name=eval_every]", "5")
     page.select_option("#submit-form select[name=dataset]", "digits")
+    # The form's choices are the registries' (read from the API's schema), the default method preselected.
+    methods = page.eval_on_selector_all("#submit-form select[name=method] option", "os => os.map((o) => o.value)")
+    assert methods == list(METHODS)
+    assert page.eval_on_selector("#submit-form select[name=method]", "s => s.value") == "default"
+    datasets = page.eval_on_selector_all("#submit-form select[name=dataset] option", "os => os.map((o) => o.value)")
+    assert datasets == ["", *NAMED_DATASETS]
     page.click("#submit-form button[type=submit]")
     page.wait_for_selector("#submit-message .ok")
     row = page.wait_for_selector("#jobs-table tbody tr")
