@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_quick_benchmark_writes_results_and_default_beats_dfad(tmp_path):
-    rc = main(["run", "--quick", "--ratios", "0.2", "--student-steps", "100", "--eval-points", "2",
+    rc = main(["run", "--quick", "--ratios", "0.2", "--student-steps", "50", "--eval-points", "2",
                "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results"), "--quiet"])
     assert rc == 0
     result = json.loads((tmp_path / "results" / "cifar10_0.2_quick.json").read_text())
@@ -23,7 +23,7 @@ def test_quick_benchmark_writes_results_and_default_beats_dfad(tmp_path):
     assert len(params) == 1 and params.pop() <= 0.2 * result["teacher"]["params"]
     for name, c in result["contenders"].items():
         assert set(c) >= {"params", "student_steps", "batch_size", "wall_seconds", "images_per_second", "accuracy", "curve"}
-        assert c["student_steps"] == 100 and c["batch_size"] == 128
+        assert c["student_steps"] == 50 and c["batch_size"] == 128
         assert set(c["accuracy"]) == {"full", "test_10", "test_20"}
         assert all(0 <= a <= 1 for a in c["accuracy"].values()), name
         assert len(c["curve"]) >= 2
@@ -31,7 +31,7 @@ def test_quick_benchmark_writes_results_and_default_beats_dfad(tmp_path):
         assert result[key]
     assert (tmp_path / "results" / "accuracy_vs_steps_0.2_quick.png").exists()
     acc = {n: c["accuracy"]["full"] for n, c in result["contenders"].items()}
-    # Seeded run: the seed's DFAD stays near chance (10 %) while the default method learns.
+    # Seeded run: the seed's DFAD stays near chance (10 %) while the default method learns (9.8 % and 20.5 % here).
     assert acc["default"] > acc["dfad"] + 0.04, acc
 
 
@@ -59,9 +59,11 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     backend here, which needs no compiler), the method's settings, and the validation split to compare them on."""
     from benchmarks.cifar10_gpu import main as gpu_main
 
+    method = '{"generator_steps": 2, "student_steps": 3, "diversity_weight": 0}'  # g = 2: a cheaper round, same logic
+
     out = tmp_path / "gpu.json"
     assert gpu_main(["--tiny", "--minutes", "0.2", "--teacher-batch-size", "50", "--teacher-lr", "0.05", "--teacher-minutes", "1",
-                     "--compile", "eager", "--method", '{"student_steps": 3, "diversity_weight": 0}', "--eval-on", "val",
+                     "--compile", "eager", "--method", method, "--eval-on", "val",
                      "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["teacher"]["arch"] == "resnet14" and 0 <= result["teacher"]["accuracy"]["full"] <= 1
@@ -80,7 +82,7 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     assert (trial["warm_up_rounds"], trial["rounds"]) == (5, 40)  # k = 3: at most 5 and 40 rounds
     expected = max(40, int((0.95 * 0.2 * 60 - 3 * trial["seconds_per_evaluation"]) / trial["seconds_per_round"]))
     assert student["rounds"] == expected and student["student_updates"] == 3 * expected  # --method's k, not the default 10
-    assert student["method"] == {"student_steps": 3, "diversity_weight": 0}
+    assert student["method"] == json.loads(method)
     # The curve was measured on the validation split (10 % of the 1,000-image train subset), test/ never written.
     assert student["evaluated_on"] == "val" and not (tmp_path / "work" / "test.npz").exists()
     assert list(student["accuracy"]) == ["full"]

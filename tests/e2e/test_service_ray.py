@@ -64,8 +64,8 @@ def compressor_of(job_id: str) -> psutil.Process:
 def test_a_job_runs_as_a_ray_task_survives_its_ray_worker_being_killed_and_serves(ray_server, demo_run):
     server, workdir = ray_server
     teacher = (demo_run / "teacher.pth").read_bytes()
-    job_id = submit(server, teacher, ratio=0.1, steps=30, eval_every=5, dataset="digits", seed=2)
-    wait_for(server, job_id, lambda j: j["status"] == "running" and j["progress"]["step"] >= 7, timeout=240)
+    job_id = submit(server, teacher, ratio=0.1, steps=12, eval_every=4, dataset="digits", seed=2)
+    wait_for(server, job_id, lambda j: j["status"] == "running" and j["progress"]["step"] >= 5, timeout=240)
 
     compressor = compressor_of(job_id)
     ray_worker = compressor.parent()
@@ -74,7 +74,7 @@ def test_a_job_runs_as_a_ray_task_survives_its_ray_worker_being_killed_and_serve
 
     job = wait_for(server, job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), timeout=300)
     assert job["status"] == "succeeded", job
-    # resumed from its checkpoint (written every 5 rounds), not started over
+    # resumed from its checkpoint (written every 4 rounds), not started over
     assert any("Ray worker was lost" in note and "from its checkpoint at step" in note for note in job["notes"]), job["notes"]
     r = httpx.get(server.url + "/compress/get", params={"job_id": job_id}, headers=AUTH, timeout=60)
     assert r.status_code == 200

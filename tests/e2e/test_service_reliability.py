@@ -98,7 +98,7 @@ def test_an_inflating_teacher_upload_is_refused_from_its_zip_directory(server):
 
 def test_a_killed_worker_is_replaced_and_its_job_resumes(server, demo_run):
     teacher = (demo_run / "teacher.pth").read_bytes()
-    r = submit(server, teacher, ratio=0.1, steps=30, eval_every=5, dataset="digits")
+    r = submit(server, teacher, ratio=0.1, steps=12, eval_every=4, dataset="digits")
     assert r.status_code == 202, r.text
     job = r.json()["job_id"]
     wait_for(lambda: job_status(server, job)["progress"]["step"] >= 3, 180, "the job to make progress")
