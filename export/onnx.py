@@ -6,7 +6,11 @@ verified the same way against PyTorch. The opset is fixed so files are reproduci
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -42,8 +46,28 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
+@contextlib.contextmanager
+def _output_discarded() -> Iterator[None]:
+    """Standard output and error, at the file-descriptor level, go nowhere: the TorchScript exporter prints a
+    failing model's whole graph from C++, where no Python redirect reaches."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
 def _quiet_export(*args, **kwargs) -> None:
-    with quiet_torch():
+    """The exporters print progress and, on a failure, the whole graph: the caller reports the failure in a line."""
+    with quiet_torch(), _output_discarded():
         torch.onnx.export(*args, **kwargs)
 
 
