@@ -16,6 +16,7 @@ from export.onnx import ExportError, export_onnx, verify_onnx
 from export.program import ProgramError, export_program, load_program, save_program
 from export.quantize import to_fp16, to_int8
 from tests.conftest import ROOT
+from tests.helpers import randomise_bn
 
 
 def _student(family: str, ratio: float = 0.2):
@@ -23,22 +24,12 @@ def _student(family: str, ratio: float = 0.2):
     return plan_student(family, ratio, profile_model(teacher, (3, 32, 32)), 10, 3).build(10, 3).eval()
 
 
-def _randomise_bn(model):
-    """Random BN statistics, so parity is checked on non-trivial normalisation too."""
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 @pytest.mark.parametrize("name", ["student-resnet", "student-mobilenet", "torchvision-resnet18"])
 def test_parity_at_batch_1_and_37(tmp_path, name):
     if name.startswith("student"):
-        model = _randomise_bn(_student(name.split("-")[1]))
+        model = randomise_bn(_student(name.split("-")[1]))
     else:
-        model = _randomise_bn(create_model("resnet18", num_classes=10))
+        model = randomise_bn(create_model("resnet18", num_classes=10))
     written = export_onnx(model, (3, 32, 32), tmp_path / "m.onnx", {"class_names": ["a"] * 10})
     assert written.exporter == "dynamo" and written.fallback is None  # PyTorch's supported exporter took it
     path = written.path
@@ -48,7 +39,7 @@ def test_parity_at_batch_1_and_37(tmp_path, name):
 
 
 def test_verification_fails_loudly_on_a_different_model(tmp_path):
-    a, b = _randomise_bn(_student("resnet")), _student("resnet")
+    a, b = randomise_bn(_student("resnet")), _student("resnet")
     with torch.no_grad():
         for p in b.parameters():
             p.add_(0.1)
@@ -58,7 +49,7 @@ def test_verification_fails_loudly_on_a_different_model(tmp_path):
 
 
 def test_metadata_round_trip_and_variants_keep_io_float32(tmp_path):
-    model = _randomise_bn(_student("resnet"))
+    model = randomise_bn(_student("resnet"))
     meta = {"class_names": [f"c{i}" for i in range(10)], "mean": [0.5, 0.5, 0.5], "params": count_params(model),
             "teacher_sha256": "ab" * 32, "method": "default", "accuracy": 0.5, "input_size": 32}
     path = export_onnx(model, (3, 32, 32), tmp_path / "m.onnx", meta).path
@@ -129,7 +120,7 @@ def test_cli_bad_inputs(tmp_path):
 
 
 def test_cli_round_trip(tmp_path):
-    model = _randomise_bn(_student("mobilenet"))
+    model = randomise_bn(_student("mobilenet"))
     program = _saved_program(model, tmp_path / "s.pt2")
     proc = _cli("onnx", str(program), "--fp16", "--int8", "--out", str(tmp_path / "o"))
     assert proc.returncode == 0, proc.stderr
@@ -149,7 +140,7 @@ def test_cli_round_trip(tmp_path):
 
 
 def test_a_program_runs_at_any_batch_and_matches_its_module(tmp_path):
-    model = _randomise_bn(_student("resnet"))
+    model = randomise_bn(_student("resnet"))
     program, metadata = load_program(_saved_program(model, tmp_path / "s.pt2"))
     assert metadata == {"input_size": 32, "in_channels": 3}
     module = program.module()

@@ -8,6 +8,7 @@ import torch
 from compressor.errors import CompressorError
 from compressor.models import create_model
 from compressor.teachers import load_teacher
+from tests.helpers import randomise_bn
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -48,21 +49,12 @@ def test_arch_override_and_mismatch(tmp_path):
         load_teacher(tmp_path / "t.pth", arch="no_such_net")
 
 
-def _randomise_bn(model: torch.nn.Module) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 def test_a_program_of_a_registry_architecture_is_rebuilt_with_its_batchnorm_layers(tmp_path):
     """No --trust-code: a .pt2 is operators and raw weights. Its weights keep their names, so the teacher is the
     registry's module, with the BatchNorm layers the statistics term hooks."""
     from export.program import export_program, save_program
 
-    model = _randomise_bn(create_model("resnet20", num_classes=10))
+    model = randomise_bn(create_model("resnet20", num_classes=10))
     save_program(export_program(model, (3, 32, 32)), tmp_path / "t.pt2")
     loaded = load_teacher(tmp_path / "t.pt2")
     assert (loaded.arch, loaded.source, loaded.num_classes, loaded.in_channels) == ("resnet20", "program", 10, 3)
@@ -75,7 +67,7 @@ def test_a_program_of_a_registry_architecture_is_rebuilt_with_its_batchnorm_laye
 def test_a_program_of_an_unknown_architecture_runs_as_its_graph(tmp_path):
     from export.program import export_program, save_program
 
-    model = _randomise_bn(torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+    model = randomise_bn(torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
                                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 4)))
     save_program(export_program(model, (3, 16, 16)), tmp_path / "t.pt2")
     loaded = load_teacher(tmp_path / "t.pt2")
