@@ -21,13 +21,23 @@ NAMED_DATASETS: tuple[str, ...] = get_args(NamedDataset)
 MethodName = Literal[tuple(METHODS)]  # the method registry's names
 
 
+MIN_STD, MAX_ABS_MEAN = 1e-6, 1e3  # beyond these the normalised inputs overflow fp16 and INT8 calibration
+
+
 def _all_positive(values: tuple[float, ...]) -> tuple[float, ...]:
-    if any(x <= 0 for x in values):
-        raise ValueError("every std must be above 0 (inputs are divided by it)")
+    if any(x < MIN_STD for x in values):
+        raise ValueError(f"every std must be at least {MIN_STD:g} (inputs are divided by it)")
+    return values
+
+
+def _all_moderate(values: tuple[float, ...]) -> tuple[float, ...]:
+    if any(abs(x) > MAX_ABS_MEAN for x in values):
+        raise ValueError(f"every mean must be within ±{MAX_ABS_MEAN:g} (inputs are pixel values in [0, 1])")
     return values
 
 
 Std = Annotated[tuple[float, ...], AfterValidator(_all_positive)]  # per-channel std: the CLI's and the service's
+Mean = Annotated[tuple[float, ...], AfterValidator(_all_moderate)]
 
 
 class Strict(BaseModel):
@@ -88,7 +98,7 @@ class TeacherConfig(Strict):
     num_classes: int | None = None
     in_channels: int | None = None
     input_size: int | None = Field(None, gt=0)
-    mean: tuple[float, ...] | None = None
+    mean: Mean | None = None
     std: Std | None = None
     class_names: list[str] | None = None
     trust_code: bool = False  # allow TorchScript archives (code that runs as it loads); never set for uploads

@@ -1,4 +1,10 @@
-"""ASGI middleware in front of every route: bearer-token auth and request-size limits.
+"""ASGI middleware in front of every route: the Host allow-list, bearer-token auth, request-size limits and the
+browser security headers.
+
+A page on another site can resolve its own name to 127.0.0.1 (DNS rebinding) and read whatever answers without
+a token; only the Host header gives that away, so requests naming a host the operator did not allow are refused
+(the probes excepted: they carry nothing and an orchestrator calls them by address). Every answer tells browsers
+not to frame it, not to sniff types, and to run only this server's scripts.
 
 BentoML has no request-size setting (an unknown config key is silently ignored), so the limit is enforced
 here: a declared Content-Length over the limit is refused before the body is read, and a streamed body is
@@ -14,6 +20,25 @@ from serving.settings import settings as current_settings
 from serving.supervisor import current as current_supervisor
 
 PROTECTED_PREFIXES = ("/compress/", "/models/select")
+PROBES = ("/readyz", "/livez", "/healthz", "/metrics")
+SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    # Swagger UI sets inline styles; no inline script runs anywhere, and nothing is loaded from elsewhere.
+    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                 b"img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                                 b"frame-ancestors 'none'; form-action 'self'"),
+]
+
+
+def host_allowed(host_header: str, allowed: list[str]) -> bool:
+    """The Host header's name (without its port) is on the list, or the list holds "*"."""
+    if "*" in allowed:
+        return True
+    name = host_header.strip().lower()
+    name = name[1:name.index("]")] if name.startswith("[") and "]" in name else name.rsplit(":", 1)[0]
+    return name in allowed
 
 
 def _needs_token(path: str) -> bool:
@@ -24,7 +49,7 @@ async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, b
     payload = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                            *(headers or [])]})
+                            *(headers or []), *SECURITY_HEADERS]})
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -63,6 +88,9 @@ class Gatekeeper:
     def refusal(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, dict, list[tuple[bytes, bytes]]] | None:
         """What to answer without calling the app (status, body, headers): the job worker down (/readyz), a
         missing or wrong token, a declared body over the limit; None to go on."""
+        if path not in PROBES and not host_allowed(headers.get(b"host", b"").decode("latin-1"),
+                                                   self.settings.allowed_hosts):
+            return 400, {"error": "this server does not answer to that Host name (COMPRESSOR_ALLOWED_HOSTS)"}, []
         if path == "/readyz":  # BentoML's answer is a bare 503; say what is wrong where we know it
             supervisor = current_supervisor()
             problem = supervisor.problem() if supervisor else None
@@ -132,5 +160,7 @@ class _CountedExchange:
                 return
         if self.plain_not_found:
             return  # the plain-text body that belonged to the replaced answer
-        self.response_started = self.response_started or message["type"] == "http.response.start"
+        if message["type"] == "http.response.start":
+            self.response_started = True
+            message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
         await self.downstream(message)

@@ -21,9 +21,10 @@ def run_args(store: JobStore, job_id: str, options: JobOptions, device: str) -> 
             *options.cli_args()]
 
 
-def check_run(args: list[str], max_teacher_bytes: int) -> None:
-    """Resolve the teacher and plan the student for `args` as the run will; raises CompressorError (or what torch
-    raises on a file it cannot make sense of) where the run would fail. Imports torch: call it off the event loop."""
+def check_run(args: list[str], max_teacher_bytes: int, max_steps: int) -> None:
+    """Resolve the teacher and plan the student for `args` as the run will, and hold the rounds it resolves to
+    (a preset's included) to `max_steps`; raises CompressorError (or what torch raises on a file it cannot make
+    sense of) where the run would fail or exceed the server's limits. Imports torch: call it off the event loop."""
     from compressor.__main__ import build_parser, config_from_args
     from compressor.engine.build import resolve_student, resolve_teacher
     from compressor.errors import CompressorError
@@ -36,5 +37,8 @@ def check_run(args: list[str], max_teacher_bytes: int) -> None:
     except argparse.ArgumentError as exc:
         raise CompressorError(str(exc)) from None
     cfg = config_from_args(parsed)
+    if cfg.steps > max_steps:
+        raise CompressorError(f"the job would run {cfg.steps:,} rounds (preset {cfg.preset!r}), over this server's "
+                              f"limit of {max_steps:,}: send a smaller steps")
     check_archive_size(Path(cfg.teacher.path), max_teacher_bytes)
     resolve_student(cfg, resolve_teacher(cfg))

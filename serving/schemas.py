@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from compressor.config import MethodName, NamedDataset, PresetName, Std, StudentConfig
+from compressor.config import Mean, MethodName, NamedDataset, PresetName, Std, StudentConfig
 
 # The compressor's own names, so the API and its OpenAPI enums list exactly what a run accepts.
 StudentFamily = StudentConfig.model_fields["family"].annotation
@@ -74,17 +74,17 @@ class JobOptions(Strict):
     preset: PresetName = "default"
     student: StudentFamily = "auto"
     macs_ratio: float | None = Field(None, gt=0, le=100)
-    steps: int | None = Field(None, gt=0)
+    steps: int | None = Field(None, gt=0, le=10**9)  # the server's own limit is checked on the steps a run resolves to
     batch_size: int | None = Field(None, gt=1, le=1024)
     lr: float | None = Field(None, gt=0, le=10)
     generator_lr: float | None = Field(None, gt=0, le=10)
-    eval_every: int | None = Field(None, gt=0)
-    seed: int | None = Field(None, ge=0)
+    eval_every: int | None = Field(None, gt=0, le=10**9)
+    seed: int | None = Field(None, ge=0, lt=2**32)  # numpy's seeds are 32-bit
     arch: str | None = Field(None, description="a registry name; custom code (package.module:factory) is refused here")
     dataset: NamedDataset | None = Field(
         None, description="evaluation data for the report; cifar needs the server's torchvision copy (no download)")
     input_size: int | None = Field(None, gt=0, le=1024)
-    mean: tuple[float, ...] | None = Field(None, min_length=1, max_length=4, description="per channel, or one for all")
+    mean: Mean | None = Field(None, min_length=1, max_length=4, description="per channel, or one for all")
     std: Std | None = Field(None, min_length=1, max_length=4, description="per channel, each > 0")
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENV_PREFIX = "COMPRESSOR_"
 MB = 1024 * 1024
@@ -35,13 +35,23 @@ class ServingSettings(BaseModel):
     max_in_flight: int = Field(256, gt=0, description="classification requests handled at once; more are answered 503 at once")
     runner_timeout_s: float = Field(8.0, gt=0, description="a classification the model has not answered by then gets 503")
     job_device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_job_steps: int = Field(20_000, gt=0, description="upper bound on a submitted job's --steps")
+    allowed_hosts: list[str] = Field(["localhost", "127.0.0.1", "::1"],
+                                     description="Host names the server answers to (comma-separated; * for any): "
+                                                 "add the name clients use when it is reached by another")
+    max_job_steps: int = Field(20_000, gt=0, description="upper bound on the rounds a job runs (its steps, or its preset's)")
     job_resume_attempts: int = Field(3, ge=0, description="how often a job interrupted by a server stop is resumed")
     job_backend: Literal["local", "ray"] = Field("local", description="where jobs run: a local process, or a Ray task")
     ray_address: str | None = Field(None, description="the Ray cluster (ray://head:10001, or host:port); unset: "
                                                        "RAY_ADDRESS, else a Ray instance started on this machine")
     ray_cpus_per_job: float = Field(1.0, gt=0, description="CPUs a job's Ray task asks for")
     ray_gpus_per_job: float = Field(0.0, ge=0, description="GPUs a job's Ray task asks for")
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [name.strip().lower().strip("[]") for name in v.split(",") if name.strip()]
+        return v
 
     @property
     def max_request_bytes(self) -> int:

@@ -48,7 +48,7 @@ def _assert_one_line_error(proc, pattern: str):
         (["--teacher", "{t}", "--ratio", "0.1", "--batch-size", "1"], "at least 2"),
         (["--teacher", "{t}", "--ratio", "0.1", "--macs-ratio", "0.001"], "--macs-ratio"),
         (["--teacher", "{t}", "--ratio", "0.1", "--macs-ratio", "-1"], "macs_ratio"),
-        (["--teacher", "{t}", "--ratio", "0.1", "--std", "0"], "std must be above 0"),
+        (["--teacher", "{t}", "--ratio", "0.1", "--std", "0"], "std must be at least 1e-06"),
         (["--teacher", "{t}", "--ratio", "0.1", "--mean", "nan"], "finite"),
         (["--teacher", "{t}", "--ratio", "0.1", "--lr", "inf"], "finite"),
         (["--teacher", "{t}", "--student-arch", "wrn_99_1"], "unknown architecture"),

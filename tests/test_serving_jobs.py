@@ -95,7 +95,9 @@ def test_job_options_are_exactly_compressor_flags(tmp_path):
                                  {"ratio": float("nan")}, {"ratio": 0.1, "mean": [float("nan")], "std": [0.0]},
                                  {"ratio": 0.1, "std": [0.0]}, {"ratio": 0.1, "std": [-1.0]}, {"ratio": 0.1, "lr": float("inf")},
                                  {"ratio": 0.1, "mean": [0.5, 0.5], "std": [0.2]}, {"ratio": 0.1, "mean": []},
-                                 {"ratio": 0.1, "mean": [0.1] * 5}])
+                                 {"ratio": 0.1, "mean": [0.1] * 5}, {"ratio": 0.1, "seed": 2**32},
+                                 {"ratio": 0.1, "std": [5e-324]}, {"ratio": 0.1, "mean": [1e308]},
+                                 {"ratio": 0.1, "eval_every": 10**21}, {"ratio": 0.1, "steps": 10**21}])
 def test_bad_options_are_refused(bad):
     with pytest.raises(ValidationError):
         JobOptions.model_validate(bad)

@@ -25,3 +25,15 @@ def test_bad_values_are_refused_at_start():
         read_settings({"COMPRESSOR_MAX_REQUEST_MB": "-1"})
     with pytest.raises(ValidationError):
         read_settings({"COMPRESSOR_PROVIDER": "tpu"})
+
+
+def test_allowed_hosts_are_a_comma_separated_list_matched_without_the_port():
+    from serving.guards import host_allowed
+
+    s = read_settings({"COMPRESSOR_ALLOWED_HOSTS": " Example.org, [::1],10.0.0.7 "})
+    assert s.allowed_hosts == ["example.org", "::1", "10.0.0.7"]
+    assert read_settings({}).allowed_hosts == ["localhost", "127.0.0.1", "::1"]
+    for header, ok in (("example.org", True), ("EXAMPLE.org:3000", True), ("[::1]:3000", True), ("10.0.0.7:80", True),
+                       ("evil.example", False), ("example.org.evil.example", False), ("", False)):
+        assert host_allowed(header, s.allowed_hosts) is ok, header
+    assert host_allowed("anything:1", ["*"])

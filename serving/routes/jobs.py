@@ -26,13 +26,13 @@ MEDIA_TYPES = {"json": "application/json", "md": "text/markdown", "png": "image/
 async def submit(request: Request) -> Response:
     state = request.app.state
     settings, store = state.settings, state.store
-    teacher, options = await _submission(request, settings)
+    teacher, options = await _submission(request)
     job_id, _ = store.new_job_dir()
     try:
         path = store.teacher_path(job_id)
         await anyio.to_thread.run_sync(_save_upload, teacher, path)
         args = run_args(store, job_id, options, settings.job_device)
-        await anyio.to_thread.run_sync(_check_teacher, args, settings.max_teacher_bytes, path)
+        await anyio.to_thread.run_sync(_check_teacher, args, settings, path)
         job = store.create(job_id, options, teacher.filename)
     except BaseException:
         store.discard_job_dir(job_id)
@@ -40,7 +40,7 @@ async def submit(request: Request) -> Response:
     return JSONResponse(Submitted(job_id=job.job_id, status=job.status).model_dump(), status_code=202)
 
 
-async def _submission(request: Request, settings: ServingSettings) -> tuple[UploadFile, JobOptions]:
+async def _submission(request: Request) -> tuple[UploadFile, JobOptions]:
     """The uploaded teacher and the validated options of a submission form."""
     if content_type(request) != "multipart/form-data":
         raise ApiError(415, "send multipart/form-data: a 'teacher' file and 'ratio' (plus options)")
@@ -48,10 +48,7 @@ async def _submission(request: Request, settings: ServingSettings) -> tuple[Uplo
     teacher = form.get("teacher")
     if not isinstance(teacher, UploadFile):
         raise ApiError(400, "the 'teacher' field must be a checkpoint file upload (curl -F teacher=@model.pth)")
-    options = validated(JobOptions, form_fields(form, skip="teacher"), "invalid job options")
-    if options.steps and options.steps > settings.max_job_steps:
-        raise ApiError(400, f"steps={options.steps} exceeds this server's limit of {settings.max_job_steps}")
-    return teacher, options
+    return teacher, validated(JobOptions, form_fields(form, skip="teacher"), "invalid job options")
 
 
 def _save_upload(upload: UploadFile, path: Path) -> None:
@@ -59,10 +56,10 @@ def _save_upload(upload: UploadFile, path: Path) -> None:
         shutil.copyfileobj(upload.file, out, 1024 * 1024)
 
 
-def _check_teacher(args: list[str], max_bytes: int, path: Path) -> None:
+def _check_teacher(args: list[str], settings: ServingSettings, path: Path) -> None:
     """The job's run set up as the worker will run it (serving/runs.py), so a bad upload is a 400 now."""
     try:
-        check_run(args, max_bytes)
+        check_run(args, settings.max_teacher_bytes, settings.max_job_steps)
     except CompressorError as exc:
         raise ApiError(400, str(exc).replace(str(path), "the uploaded teacher")) from None
     except ValidationError as exc:

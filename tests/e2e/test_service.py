@@ -33,7 +33,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 def start_server(workdir: Path, model: Path, token: str | None = TOKEN, **extra: str) -> LocalServer:
     env = {"COMPRESSOR_MODEL": str(model), "COMPRESSOR_JOBS_DIR": str(workdir / "jobs"), "COMPRESSOR_MAX_REQUEST_MB": "2",
-           "COMPRESSOR_MAX_TEACHER_MB": "5", "COMPRESSOR_JOB_DEVICE": "cpu", **extra}
+           "COMPRESSOR_MAX_TEACHER_MB": "5", "COMPRESSOR_JOB_DEVICE": "cpu", "COMPRESSOR_MAX_JOB_STEPS": "6000", **extra}
     if token:
         env["COMPRESSOR_TOKEN"] = token
     return LocalServer(workdir, env)
@@ -219,6 +219,21 @@ class _Exploit:
         return (os.system, (f"touch {Path(os.environ.get('TMPDIR', '/tmp')) / 'dfcompress-pwned'}",))
 
 
+def test_a_foreign_host_name_is_refused_and_every_answer_carries_the_security_headers(server):
+    """DNS rebinding: a page on evil.example that resolves its name to 127.0.0.1 sends Host: evil.example."""
+    for path in ("/", "/models", "/docs.json", "/ui/app.js"):
+        r = httpx.get(server.url + path, headers={"Host": "evil.example"})
+        assert r.status_code == 400 and "Host" in r.json()["error"], (path, r.status_code, r.text[:200])
+    assert httpx.get(server.url + "/readyz", headers={"Host": "10.1.2.3:3000"}).status_code == 200  # probes by address
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
+    csp = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+    refused = httpx.post(server.url + "/classify", content=b"x", headers={"content-type": "text/plain"})
+    assert refused.status_code >= 400 and refused.headers["x-frame-options"] == "DENY"
+
+
 def _bad_submissions(teacher: bytes) -> list[tuple[str, dict, int, str]]:
     upload = {"teacher": ("t.pth", teacher)}
     return [
@@ -230,6 +245,13 @@ def _bad_submissions(teacher: bytes) -> list[tuple[str, dict, int, str]]:
         ("options not an object", {"data": {"options": "[1]"}, "files": upload}, 400, "JSON object"),
         ("custom code", {"data": {"ratio": "0.1", "arch": "os:system"}, "files": upload}, 400, "invalid job options"),
         ("steps over the limit", {"data": {"ratio": "0.1", "steps": "10000000"}, "files": upload}, 400, "limit"),
+        ("a preset's steps over the limit", {"data": {"ratio": "0.1", "preset": "paper"}, "files": upload}, 400,
+         "8,000 rounds (preset 'paper'), over this server's limit of 6,000"),
+        ("a seed numpy cannot take", {"data": {"ratio": "0.1", "seed": str(10**29)}, "files": upload}, 400, '["seed"]'),
+        ("a std below what inputs survive", {"data": {"ratio": "0.1", "std": "[5e-324]"}, "files": upload}, 400, '["std"]'),
+        ("a mean far outside pixel values", {"data": {"ratio": "0.1", "mean": "[1e308]"}, "files": upload}, 400, '["mean"]'),
+        ("an evaluation interval beyond any run", {"data": {"ratio": "0.1", "eval_every": str(10**21)}, "files": upload},
+         400, '["eval_every"]'),
         ("no teacher", {"data": {"ratio": "0.1"}, "files": {"x": ("t", b"1")}}, 400, "teacher"),
         ("not a checkpoint", {"data": {"ratio": "0.1"}, "files": {"teacher": ("t.pth", png())}}, 400, "not a PyTorch checkpoint"),
         ("malicious pickle", {"data": {"ratio": "0.1"}, "files": {"teacher": ("t.pth", pickle.dumps(_Exploit()))}}, 400,
@@ -246,7 +268,8 @@ def test_bad_submissions_are_json_4xx_and_leave_no_job(server, workdir, demo_run
     for name, kwargs, status, message in cases:
         r = httpx.post(server.url + "/compress/submit", headers=AUTH, timeout=60, **kwargs)
         assert r.status_code == status, (name, r.text)
-        assert message in r.json()["error"], (name, r.json())
+        body = r.json()
+        assert message in body["error"] or message in json.dumps(body.get("detail")), (name, body)
     assert not (Path(os.environ.get("TMPDIR", "/tmp")) / "dfcompress-pwned").exists()
     assert httpx.get(server.url + "/compress/jobs", headers=AUTH).json()["jobs"] == []
     assert [p.name for p in (workdir / "jobs").iterdir() if p.is_dir()] == []
