@@ -1,6 +1,9 @@
 """The one exception type a user sees as a single line, never as a traceback."""
 from pydantic import ValidationError
 
+# compressor's modules quote failures through this name; the one definition lives in the lowest layer, export.
+from export.errors import first_line as first_line
+
 
 class CompressorError(Exception):
     """Bad input or an impossible request: the CLI prints it and exits with code 2."""
@@ -14,9 +17,3 @@ def first_problem(exc: ValidationError) -> str:
     where = ".".join(str(part) for part in first["loc"])
     return f"{where}: {what}" if where else what  # a rule across settings has no one place
 
-
-def first_line(exc: BaseException, limit: int | None = None) -> str:
-    """An exception's message as one line (the first, where it spans several), or its type's name where it has
-    none: what a note or an error message quotes of a failure it goes on after."""
-    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return line[:limit] if limit else line

@@ -125,7 +125,8 @@ def export_run(
 
     # The trained student first, in the forms that need no check, so a failed check below loses nothing.
     save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(run_dir / "student.safetensors"),
-              metadata={"arch": cfg.student.arch or "", "spec": json.dumps(cfg.student.spec)})
+              metadata={"arch": cfg.student.arch or "", "spec": json.dumps(cfg.student.spec),
+                        "num_classes": str(t.num_classes), "in_channels": str(t.in_channels)})
     np.savez(run_dir / "calibration.npz", images=synthetic.numpy().astype(np.float32))
     student_meta = _metadata(cfg, student, "student", student_accuracy)
     program, program_error = _student_program(student, shape, run_dir / "student.pt2", student_meta)

@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch.nn as nn
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, first_line
 from compressor.model_stats import ModelProfile, SpatialSchedule, count_macs, count_params
 from compressor.models import create_model
 from compressor.models.student_mobilenet import MobileNetStudentSpec, mobilenet_body_cost, mobilenet_student_cost
@@ -250,8 +250,9 @@ def named_student(name: str, teacher: ModelProfile, num_classes: int, in_channel
 
 
 def student_from_safetensors(path: str | Path) -> nn.Module:
-    """The student a run saved as `student.safetensors`, rebuilt from the architecture and spec in its metadata
-    (class and channel counts from its weights' shapes), in eval mode. Data only: nothing in the file runs."""
+    """The student a run saved as `student.safetensors`, rebuilt from the architecture, spec, class and channel
+    counts in its metadata, in eval mode. Data only: nothing in the file runs. (The counts cannot be read from
+    the weights: safetensors stores them by name, not in the order the layers run.)"""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -263,14 +264,14 @@ def student_from_safetensors(path: str | Path) -> nn.Module:
         raise CompressorError(f"cannot read {path}: {exc}") from None
     if not meta.get("arch"):
         raise CompressorError(f"{path} has no student architecture in its metadata (not written by a run)")
-    mats = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
-    convs = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 4]
-    if not mats or not convs:
-        raise CompressorError(f"{path} holds no classifier and convolution weights")
+    try:
+        num_classes, in_channels = int(meta["num_classes"]), int(meta["in_channels"])
+    except (KeyError, ValueError):
+        raise CompressorError(f"{path} does not record its class and channel counts (written before they were)") from None
     extra = {"spec": spec} if spec else {}
     try:
-        model = create_model(meta["arch"], num_classes=mats[-1].shape[0], in_channels=convs[0].shape[1], **extra)
+        model = create_model(meta["arch"], num_classes=num_classes, in_channels=in_channels, **extra)
         model.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise CompressorError(f"{path} does not match its architecture {meta['arch']!r}: {str(exc).splitlines()[0]}") from None
+        raise CompressorError(f"{path} does not match its architecture {meta['arch']!r}: {first_line(exc)}") from None
     return model.eval()

@@ -65,14 +65,14 @@ def _is_program(path: Path) -> bool:
         return any(n == "archive_format" or n.endswith("/archive_format") for n in zf.namelist())
 
 
-def _read_program(path: Path) -> tuple[dict[str, torch.Tensor], nn.Module]:
+def _read_program(path: Path) -> tuple[dict[str, torch.Tensor], nn.Module, str]:
     from export.program import ProgramError, load_program, program_module
 
     try:
         program, _ = load_program(path, untrusted=True)
     except ProgramError as exc:
         raise CompressorError(str(exc)) from None
-    return {k: v.detach() for k, v in program.state_dict.items()}, program_module(program)
+    return {k: v.detach() for k, v in program.state_dict.items()}, program_module(program), "program"
 
 
 def _unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
@@ -114,7 +114,8 @@ def check_archive_size(path: Path, limit: int) -> None:
         raise CompressorError(f"the checkpoint archive unpacks to {total:,} bytes, over the limit of {limit:,}")
 
 
-def _read_checkpoint(path: Path, trust_code: bool = False) -> tuple[dict[str, torch.Tensor], nn.Module | None]:
+def _read_checkpoint(path: Path, trust_code: bool = False) -> tuple[dict[str, torch.Tensor], nn.Module | None, str]:
+    """(the weights, the file's own runnable model where it carries one, the source: see LoadedTeacher)."""
     if not path.is_file():
         raise CompressorError(f"teacher checkpoint not found: {path}")
     if _is_safetensors(path):  # data only by construction: nothing in it can run
@@ -122,7 +123,7 @@ def _read_checkpoint(path: Path, trust_code: bool = False) -> tuple[dict[str, to
         from safetensors.torch import load_file
 
         try:
-            return _unwrap_state_dict(load_file(str(path))), None
+            return _unwrap_state_dict(load_file(str(path))), None, "state_dict"
         except (SafetensorError, ValueError, OSError) as exc:
             raise CompressorError(f"cannot read safetensors file {path}: {exc}") from None
     if _is_program(path):
@@ -138,7 +139,7 @@ def _read_checkpoint(path: Path, trust_code: bool = False) -> tuple[dict[str, to
             with warnings.catch_warnings():  # torch marks TorchScript deprecated; users still ship it
                 warnings.simplefilter("ignore", FutureWarning)
                 scripted = torch.jit.load(str(path), map_location="cpu")
-            return dict(scripted.state_dict()), scripted
+            return dict(scripted.state_dict()), scripted, "torchscript"
         with warnings.catch_warnings():  # torch's pickle-protocol chatter is not the user's concern
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -156,7 +157,7 @@ def _read_checkpoint(path: Path, trust_code: bool = False) -> tuple[dict[str, to
         if "Weights only load failed" in text:
             raise CompressorError(f"{path} is not a PyTorch checkpoint (torch.save state dict) or TorchScript archive") from None
         raise CompressorError(f"cannot read teacher checkpoint {path}: {text.splitlines()[0] if text else exc!r}") from None
-    return _unwrap_state_dict(obj), None
+    return _unwrap_state_dict(obj), None, "state_dict"
 
 
 def _classifier_shape(state: dict[str, torch.Tensor]) -> tuple[int, int]:
@@ -206,7 +207,7 @@ def _build_custom(spec: str, num_classes: int) -> nn.Module:
 def load_teacher(path: str | Path, arch: str | None = None, trust_code: bool = False) -> LoadedTeacher:
     """`trust_code` allows TorchScript archives, which are code; the service never sets it for an upload."""
     path = Path(path)
-    state, scripted = _read_checkpoint(path, trust_code)
+    state, runnable, source = _read_checkpoint(path, trust_code)
     num_classes, in_channels = _classifier_shape(state)
     sha = file_sha256(path)
     if arch and ":" in arch:
@@ -220,9 +221,8 @@ def load_teacher(path: str | Path, arch: str | None = None, trust_code: bool = F
     else:
         arch = infer_arch(state, num_classes, in_channels)
         if arch is None:
-            if scripted is not None:  # an architecture we don't know, but the program or TorchScript runs itself
-                source = "program" if _is_program(path) else "torchscript"
-                return LoadedTeacher(_frozen(scripted), source, num_classes, in_channels, sha, source)
+            if runnable is not None:  # an architecture we don't know, but the program or TorchScript runs itself
+                return LoadedTeacher(_frozen(runnable), source, num_classes, in_channels, sha, source)
             raise CompressorError(
                 f"cannot recognise the architecture of {path} ({len(state)} tensors, {num_classes} classes); "
                 "pass --arch NAME or --arch package.module:factory"
@@ -233,7 +233,6 @@ def load_teacher(path: str | Path, arch: str | None = None, trust_code: bool = F
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise CompressorError(f"checkpoint does not fit architecture {arch}: {first}") from None
-    source = "state_dict" if scripted is None else "program" if _is_program(path) else "torchscript"
     return LoadedTeacher(_frozen(model), arch, num_classes, in_channels, sha, source)
 
 

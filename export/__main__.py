@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from export.cli import ExitCode, OneLineParser
+from export.errors import first_line
 from export.metadata import read_metadata
 from export.onnx import MAX_OPSET, OPSET, ExportError, export_onnx, verify_onnx
 from export.providers import ProviderError
@@ -42,7 +43,7 @@ def _require_onnx(path: str) -> Path:
         onnx.checker.check_model(onnx.load(str(p), load_external_data=False))
     except Exception as exc:
         raise UsageError(f"{path} is not a valid ONNX model "
-                         f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+                         f"({first_line(exc, 120)})") from None
     return p
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from torch.export import ExportedProgram
 
+from export.errors import first_line
 from export.program import export_program, quiet_torch
 
 OPSET = 18  # the lowest opset the torch.export-based exporter writes
@@ -41,9 +42,9 @@ class OnnxExport:
     fallback: str | None = None  # why the torch.export-based exporter did not write it, where it did not
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+def _described(exc: BaseException) -> str:
+    """`Type: first line`, as an exporter's many exception types need their name to be understood."""
+    return f"{type(exc).__name__}: {first_line(exc, 200)}" if str(exc).strip() else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -107,12 +108,10 @@ def export_onnx(
             except Exception as exc:  # the exporter raises many kinds; the old one may still take the model
                 if exporter == "dynamo":
                     raise
-                used, fallback = "torchscript", _first_line(exc)
+                used, fallback = "torchscript", _described(exc)
                 _with_torchscript(model, input_shape, path, opset)
-    except ExportError:
-        raise
     except Exception as exc:
-        raise ExportError(f"the {used} exporter failed: {_first_line(exc)}") from None
+        raise ExportError(f"the {used} exporter failed: {_described(exc)}") from None
     onnx.checker.check_model(str(path))
     set_metadata(path, metadata or {})
     return OnnxExport(path, used, fallback)

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 from torch.export import Dim, ExportedProgram
 
+from export.errors import first_line
+
 METADATA_FILE = "dfcompress.json"
 # Exported with a batch of 2: torch.export specialises a dimension traced at size 0 or 1.
 EXAMPLE_BATCH = 2
@@ -59,8 +61,7 @@ def export_program(model: nn.Module, input_shape: tuple[int, ...]) -> ExportedPr
         with quiet_torch():
             return torch.export.export(model, (example,), dynamic_shapes=({0: Dim.DYNAMIC},))
     except Exception as exc:  # torch raises many kinds (user errors, unsupported ops, guards)
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ProgramError(f"torch.export could not trace the model: {first}") from None
+        raise ProgramError(f"torch.export could not trace the model: {first_line(exc, 200)}") from None
 
 
 def save_program(program: ExportedProgram, path: str | Path, metadata: dict[str, object] | None = None) -> Path:
@@ -93,8 +94,7 @@ def load_program(path: str | Path, untrusted: bool = True) -> tuple[ExportedProg
         with guard, quiet_torch():
             program = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise ProgramError(f"{path} is not a torch.export program (.pt2): {first}") from None
+        raise ProgramError(f"{path} is not a torch.export program (.pt2): {first_line(exc, 160)}") from None
     try:
         metadata = json.loads(extra[METADATA_FILE] or "{}")
     except json.JSONDecodeError:
