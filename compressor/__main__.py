@@ -5,6 +5,8 @@ Every user mistake ends as one line on stderr and exit code 2, never a traceback
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import signal
 import sys
 import threading
@@ -205,6 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     except ChecksFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.CHECK_FAILED
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        try:  # the output may be a log on the same full disk
+            print(f"error: no space left on device ({exc.filename or 'the run folder'}): free some and continue "
+                  "with --resume; the last checkpoint is intact", file=sys.stderr, flush=True)
+        except OSError:
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - or exiting fails to flush them (code 120)
+        return ExitCode.NO_SPACE
     finally:
         distributed.stop()  # under torchrun: leave the process group (no-op otherwise)
     if not result.finished:

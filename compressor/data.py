@@ -126,6 +126,14 @@ def load_digits(size: int = DIGITS_SIZE) -> LabelledData:
     )
 
 
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}  # torchvision's layout
+
+
+def cifar_available(name: str, data_dir: str | None) -> bool:
+    """Whether a copy of CIFAR-10/100 is where `--dataset NAME` would look, without reading it."""
+    return (Path(data_dir or "data") / CIFAR_FOLDERS[name]).is_dir()
+
+
 def _load_cifar(name: str, data_dir: str | None, download: bool) -> LabelledData:
     import torchvision
 

@@ -160,13 +160,35 @@ def _read_checkpoint(path: Path, trust_code: bool = False) -> tuple[dict[str, to
     return _unwrap_state_dict(obj), None, "state_dict"
 
 
+MAX_CLASSES, MAX_IN_CHANNELS = 100_000, 64  # beyond these a checkpoint describes no image classifier we can serve
+
+
 def _classifier_shape(state: dict[str, torch.Tensor]) -> tuple[int, int]:
     """(num_classes, in_channels): the last 2-D weight is the classifier, the first 4-D weight the stem."""
     mats = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
     convs = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 4]
     if not mats:
         raise CompressorError("cannot find a classifier layer (a 2-D weight) in the checkpoint")
-    return mats[-1].shape[0], (convs[0].shape[1] if convs else 3)
+    num_classes, in_channels = mats[-1].shape[0], (convs[0].shape[1] if convs else 3)
+    if not 1 < num_classes <= MAX_CLASSES or not 0 < in_channels <= MAX_IN_CHANNELS:
+        raise CompressorError(f"the checkpoint's classifier has {num_classes:,} classes and {in_channels:,} input "
+                              f"channels; a teacher needs 2 to {MAX_CLASSES:,} classes and 1 to {MAX_IN_CHANNELS} channels")
+    return num_classes, in_channels
+
+
+def _registry_model(arch: str, state: dict[str, torch.Tensor], num_classes: int, in_channels: int) -> nn.Module:
+    """`arch` built for the checkpoint, once its tensors' shapes are known to fit: the model is first built on
+    the meta device, which allocates nothing, because a few bytes of checkpoint (a zero-width classifier of a
+    million classes) can otherwise make a gigabyte model before any shape is compared."""
+    with torch.device("meta"):
+        expected = _shapes(create_model(arch, num_classes=num_classes, in_channels=in_channels).state_dict())
+    found = _shapes(state)
+    wrong = [k for k in expected if k in found and found[k] != expected[k]]
+    if wrong:
+        k = wrong[0]
+        raise CompressorError(f"checkpoint does not fit architecture {arch}: {k} has shape {list(found[k])}, "
+                              f"the architecture's is {list(expected[k])}")
+    return create_model(arch, num_classes=num_classes, in_channels=in_channels)
 
 
 def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -217,7 +239,7 @@ def load_teacher(path: str | Path, arch: str | None = None, trust_code: bool = F
             get_entry(arch)
         except KeyError as exc:
             raise CompressorError(str(exc.args[0])) from None
-        model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+        model = _registry_model(arch, state, num_classes, in_channels)
     else:
         arch = infer_arch(state, num_classes, in_channels)
         if arch is None:

@@ -11,6 +11,7 @@ class ExitCode(IntEnum):
     DONE = 0
     USAGE = 2  # a user mistake: one line on stderr
     CHECK_FAILED = 3  # trained, but a check after training failed: the student and the report are kept
+    NO_SPACE = 4  # the disk filled up: the last checkpoint is what it was, `--resume` continues once space is free
     INTERRUPTED = 130  # Ctrl-C or SIGINT: a checkpoint was written, `--resume` continues
 
 

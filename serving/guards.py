@@ -9,12 +9,21 @@ not to frame it, not to sniff types, and to run only this server's scripts.
 BentoML has no request-size setting (an unknown config key is silently ignored), so the limit is enforced
 here: a declared Content-Length over the limit is refused before the body is read, and a streamed body is
 counted as it arrives and cut off with 413 the moment it crosses the limit.
+
+A body is also held to a deadline: it must have arrived `body_timeout_s` after the request began (a teacher
+upload, which may be large, must not pause longer than that between parts), else 408. Without it a client that
+announces a body and sends it a byte at a time holds its connection and buffers for BentoML's 300 s timeout.
+Bodies held in memory are counted across requests and bounded by `max_buffered_bytes` (503 beyond it), so
+clients that send nearly all of many large bodies cannot pin the front's memory either.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import time
 
+from serving.images import release_memory
 from serving.settings import ServingSettings
 from serving.settings import settings as current_settings
 from serving.supervisor import current as current_supervisor
@@ -61,13 +70,18 @@ def token_matches(authorization: str, token: str | None) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
 
 
+Refusal = tuple[int, dict, list[tuple[bytes, bytes]]]
+RELEASE_AFTER_BYTES = 8 * 1024 * 1024  # a request that held more than this hands freed memory back to the system
+
+
 class Gatekeeper:
     def __init__(self, app, settings: ServingSettings | None = None) -> None:
         self.app = app
         self.settings = settings or current_settings()
+        self.buffered = 0  # bytes of request bodies being held, all requests together (one event loop: no lock)
 
     def limit_for(self, path: str) -> int:
-        return self.settings.max_teacher_bytes if path.startswith("/compress/submit") else self.settings.max_request_bytes
+        return self.settings.max_teacher_bytes if is_upload(path) else self.settings.max_request_bytes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -76,14 +90,18 @@ class Gatekeeper:
         refusal = self.refusal(path, dict(scope.get("headers") or []))
         if refusal is not None:
             return await _send_json(send, *refusal)
-        exchange = _CountedExchange(send, path, self.limit_for(path))
+        exchange = _CountedExchange(self, send, path)
         try:
             await self.app(scope, exchange.counting(receive), exchange.send)
         except Exception:
-            if not exchange.too_large:
+            if exchange.refused is None:
                 raise
-        if exchange.too_large and not exchange.response_started:
-            await exchange.refuse_too_large()
+        finally:
+            self.buffered -= exchange.buffered
+            if exchange.buffered > RELEASE_AFTER_BYTES:
+                release_memory()
+        if exchange.refused is not None and not exchange.response_started:
+            await _send_json(send, *exchange.refused)
 
     def refusal(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, dict, list[tuple[bytes, bytes]]] | None:
         """What to answer without calling the app (status, body, headers): the job worker down (/readyz), a
@@ -118,39 +136,70 @@ class Gatekeeper:
         return None
 
 
-class _CountedExchange:
-    """One request passed on to the app with its body counted as it streams in. Past `limit` the app sees the
-    client leave and the client gets 413 instead of the app's answer; the router's own plain-text 404 (a path
-    outside our routes) becomes a JSON one."""
+def is_upload(path: str) -> bool:
+    """Teacher uploads: large, streamed to disk by the multipart parser rather than held in memory."""
+    return path.startswith("/compress/submit")
 
-    def __init__(self, send, path: str, limit: int) -> None:
-        self.downstream, self.path, self.limit = send, path, limit
+
+class _CountedExchange:
+    """One request passed on to the app with its body counted and timed as it streams in. Past the size limit,
+    the deadline or the memory bound, the app sees the client leave and the client gets 413, 408 or 503 instead
+    of the app's answer; the router's own plain-text 404 (a path outside our routes) becomes a JSON one."""
+
+    def __init__(self, gatekeeper: Gatekeeper, send, path: str) -> None:
+        self.gatekeeper, self.downstream, self.path = gatekeeper, send, path
+        settings = gatekeeper.settings
+        self.limit, self.upload = gatekeeper.limit_for(path), is_upload(path)
+        self.timeout = settings.body_timeout_s
+        self.deadline = time.monotonic() + self.timeout
         self.received = 0
-        self.too_large = False
+        self.buffered = 0  # what this request adds to the gatekeeper's count of bodies held in memory
+        self.body_complete = False
+        self.refused: Refusal | None = None
         self.response_started = False
         self.plain_not_found = False
 
     def counting(self, receive):
         async def counting_receive():
-            message = await receive()
+            if self.body_complete:  # waiting for the client to leave, while a response streams: no deadline
+                return await receive()
+            wait = self.timeout if self.upload else self.deadline - time.monotonic()
+            try:
+                async with asyncio.timeout(max(wait, 0.0)):
+                    message = await receive()
+            except TimeoutError:
+                return self._refuse(408, f"the request body did not arrive within {self.timeout:g} s" if not self.upload
+                                    else f"the upload stalled for {self.timeout:g} s", [(b"connection", b"close")])
             if message["type"] == "http.request":
-                self.received += len(message.get("body", b""))
-                if self.received > self.limit:
-                    self.too_large = True
-                    return {"type": "http.disconnect"}  # the app stops reading; the reply below replaces its own
+                self.body_complete = not message.get("more_body", False)
+                return self._count(message)
             return message
 
         return counting_receive
 
-    async def refuse_too_large(self) -> None:
-        await _send_json(self.downstream, 413,
-                         {"error": f"request body exceeds the limit of {self.limit:,} bytes for {self.path}"})
+    def _count(self, message: dict) -> dict:
+        size = len(message.get("body", b""))
+        self.received += size
+        if self.received > self.limit:
+            return self._refuse(413, f"request body exceeds the limit of {self.limit:,} bytes for {self.path}")
+        if not self.upload:
+            self.buffered += size
+            self.gatekeeper.buffered += size
+            if self.gatekeeper.buffered > self.gatekeeper.settings.max_buffered_bytes:
+                return self._refuse(503, "the server is receiving too many request bodies at once; retry shortly",
+                                    [(b"retry-after", b"1")])
+        return message
+
+    def _refuse(self, status: int, error: str, headers: list[tuple[bytes, bytes]] | None = None) -> dict:
+        """Answer `status` instead of the app, which stops reading: to it, the client has left."""
+        self.refused = (status, {"error": error}, headers or [])
+        return {"type": "http.disconnect"}
 
     async def send(self, message) -> None:
-        if self.too_large:
+        if self.refused is not None:
             if not self.response_started:
                 self.response_started = True
-                await self.refuse_too_large()
+                await _send_json(self.downstream, *self.refused)
             return
         if message["type"] == "http.response.start" and message["status"] == 404:
             content_type = dict(message.get("headers") or []).get(b"content-type", b"")

@@ -2,6 +2,8 @@
 
 Pillow decodes lazily: `Image.open` reads only the header, so the pixel count is checked before a
 decompression bomb can allocate anything, and the decode itself runs with Pillow's bomb warning as an error.
+Files built to be slow rather than large are bounded too: the reads it takes to reach the pixels, and the
+file's size against its pixel count.
 """
 from __future__ import annotations
 
@@ -41,20 +43,33 @@ def release_memory() -> None:
         _TRIM(0)
 
 
-SMALL_IMAGE_PIXELS = 256 * 256  # decoded on the event loop: a thread hop costs more than decoding these
+HEADER_READS = 65_536  # reads Pillow may make to find the pixels: legitimate headers need a few dozen
+BYTES_PER_PIXEL = 8  # 16-bit RGBA, uncompressed: what a file may spend per pixel, plus the slack below
+METADATA_BYTES = 2 * 1024 * 1024  # EXIF, ICC profiles, thumbnails
 
 
-def all_small(blobs: list[bytes], limit: int = SMALL_IMAGE_PIXELS) -> bool:
-    """Whether every image's header declares at most `limit` pixels (headers only; anything unreadable is not
-    small, and goes to the thread that reports the error)."""
-    for blob in blobs:
-        try:
-            with Image.open(io.BytesIO(blob)) as image:
-                if image.size[0] * image.size[1] > limit:
-                    return False
-        except Exception:
-            return False
-    return True
+class _CountedReads(io.BytesIO):
+    """The file, failing once Pillow has made `HEADER_READS` reads while opening it: a header built of millions
+    of fill bytes or empty chunks, each of which Pillow reads in Python, is refused within milliseconds instead
+    of holding a decoder for seconds."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads > HEADER_READS:
+            raise ImageRejected("image refused: its header does not reach the pixels in a reasonable number of reads")
+        return super().read(size)
+
+
+def _open(data: bytes) -> Image.Image:
+    """The image with only its header read, from a stream that counts Pillow's reads while it opens."""
+    stream = _CountedReads(data)
+    image = Image.open(stream)
+    stream.reads = -(2**62)  # opened: decoding reads the pixels in as many pieces as it likes
+    return image
 
 
 def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -> Image.Image:
@@ -63,7 +78,9 @@ def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -
     if not data:
         raise ImageRejected("empty image")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = _open(data)
+    except ImageRejected:
+        raise
     except Image.DecompressionBombError:
         raise ImageRejected("image refused as a decompression bomb (too many pixels)", 413) from None
     except UnidentifiedImageError:
@@ -73,6 +90,8 @@ def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -
     width, height = image.size
     if width * height > max_pixels:
         raise ImageRejected(f"image of {width}x{height} pixels exceeds the limit of {max_pixels:,} pixels", 413)
+    if len(data) > BYTES_PER_PIXEL * width * height + METADATA_BYTES:  # the rest is padding to be slow to parse
+        raise ImageRejected(f"a file of {len(data):,} bytes is too large for an image of {width}x{height} pixels", 413)
     if target_size and image.format == "JPEG" and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
         image.draft(image.mode, (target_size, target_size))
     try:

@@ -160,6 +160,11 @@ class JobStore:
                 rows = db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))
             return [self._view(r) for r in rows.fetchall()]
 
+    def count_active(self) -> int:
+        """Jobs queued or running: what a server bounds, so a burst of submissions cannot queue days of work."""
+        with self._connect() as db:
+            return int(db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0])
+
     def attempts(self, job_id: str) -> int:
         with self._connect() as db:
             return int(db.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
@@ -212,12 +217,14 @@ class JobStore:
             row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row[0])
 
-    def recover_interrupted(self, max_attempts: int, reason: str = "a server stop") -> list[str]:
+    def recover_interrupted(self, max_attempts: int, reason: str = "a stop of the server or its job worker") -> list[str]:
         """Jobs left 'running' by a worker that died (or whose process was lost, `reason`): back to the queue to
         resume, or failed with the reason after `max_attempts`.
 
         Only the worker holding the folder's lock calls this, so no other process can be running them.
         """
+        from compressor.engine.checkpoint import checkpoint_step  # torch: the worker's, not the front's, import
+
         recovered = []
         for job in self.list(status="running", limit=10_000):
             checkpoint = RunPaths(self.run_dir(job.job_id)).last
@@ -230,8 +237,9 @@ class JobStore:
             else:
                 with self._connect() as db:
                     db.execute("UPDATE jobs SET status = 'queued' WHERE id = ?", (job.job_id,))
-                where = (f"from its checkpoint at step {job.progress.step}" if checkpoint.is_file()
-                         else "from the start (no checkpoint yet)")
+                step = checkpoint_step(checkpoint) if checkpoint.is_file() else None
+                where = ("from the start (no checkpoint yet)" if not checkpoint.is_file() else "from its checkpoint"
+                         if step is None else f"from its checkpoint at step {step}")
                 self.add_note(job.job_id, f"interrupted by {reason}; queued to resume {where}")
                 recovered.append(job.job_id)
         return recovered

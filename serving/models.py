@@ -38,7 +38,7 @@ class ModelSpec:
     metadata: dict
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=4096)  # a few hundred bytes each: every student a server keeps
 def _metadata(path: str, mtime_ns: int) -> dict:
     return read_metadata(path)
 

@@ -33,7 +33,7 @@ class Prediction(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
-    model: str
+    model: str  # "default", the id of the job whose student answered (token holders), or "student"
     predictions: list[list[Prediction]]  # one top-k list per image, in request order
 
 
@@ -41,13 +41,13 @@ class ClassifyResponse(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    id: str  # "default" for the configured model, else the id of the job that produced it
+    id: str | None  # "default" for the configured model, else the id of the job that made it (token holders only)
     path: str | None = None  # the server's file: shown only to a client with the token
     served: bool
     params: int | None = None
     accuracy: float | None = None
     method: str | None = None
-    teacher_sha256: str | None = None
+    teacher_sha256: str | None = None  # token holders only
     input_size: int | None = None
     channels: int | None = None
     class_names: list[str] = []

@@ -24,6 +24,10 @@ class ServingSettings(BaseModel):
     token: str | None = Field(None, description="bearer token for compression and model selection; unset = disabled")
     max_request_mb: float = Field(20.0, gt=0, description="largest request body outside compression submissions")
     max_teacher_mb: float = Field(1024.0, gt=0, description="largest teacher upload")
+    body_timeout_s: float = Field(5.0, gt=0, description="a request body must have arrived this long after its headers "
+                                                         "(408 after it); a teacher upload may pause this long at most")
+    max_buffered_mb: float = Field(256.0, gt=0, description="request bodies held in memory at once, all requests "
+                                                            "together (teacher uploads, spooled to disk, apart); 503 beyond")
     max_pixels: int = Field(40_000_000, gt=0, description="images with more pixels are refused (decompression bombs)")
     max_concurrent_decodes: int = Field(2, gt=0, description="images decoded at once (memory: each may be max_pixels large)")
     max_images: int = Field(64, gt=0, description="images per classification request")
@@ -38,8 +42,12 @@ class ServingSettings(BaseModel):
     allowed_hosts: list[str] = Field(["localhost", "127.0.0.1", "::1"],
                                      description="Host names the server answers to (comma-separated; * for any): "
                                                  "add the name clients use when it is reached by another")
+    max_checks: int = Field(2, gt=0, description="uploaded teachers checked at once (each is loaded to plan its student)")
+    max_queued_jobs: int = Field(32, gt=0, description="jobs queued or running at once; a submission beyond is answered 429")
+    max_job_disk_mb: float = Field(10_240.0, gt=0, description="largest disk a job may need (its teacher and replay "
+                                                               "pool); a larger submission is answered 413")
     max_job_steps: int = Field(20_000, gt=0, description="upper bound on the rounds a job runs (its steps, or its preset's)")
-    job_resume_attempts: int = Field(3, ge=0, description="how often a job interrupted by a server stop is resumed")
+    job_resume_attempts: int = Field(3, ge=0, description="resumes of an interrupted job (server stop, kill, full disk)")
     job_backend: Literal["local", "ray"] = Field("local", description="where jobs run: a local process, or a Ray task")
     ray_address: str | None = Field(None, description="the Ray cluster (ray://head:10001, or host:port); unset: "
                                                        "RAY_ADDRESS, else a Ray instance started on this machine")
@@ -60,6 +68,14 @@ class ServingSettings(BaseModel):
     @property
     def max_teacher_bytes(self) -> int:
         return int(self.max_teacher_mb * MB)
+
+    @property
+    def max_buffered_bytes(self) -> int:
+        return int(self.max_buffered_mb * MB)
+
+    @property
+    def max_job_disk_bytes(self) -> int:
+        return int(self.max_job_disk_mb * MB)
 
 
 def read_settings(environ: dict[str, str] | None = None) -> ServingSettings:

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from compressor.run_folder import RunPaths, read_metrics
 from export.cli import ExitCode
 from serving.backends import GRACE_SECONDS, Backend, LocalBackend, Outcome, RayBackend
+from serving.exits import NO_SPACE, killed_by, oom_kills
 from serving.jobs import JobStore
 from serving.retry import Backoff, wait_for_lock
 from serving.runs import run_args
@@ -33,6 +35,7 @@ from serving.settings import read_settings
 ROOT = Path(__file__).resolve().parents[1]  # the checkout a Ray task imports the compressor from
 POLL_SECONDS = 0.5
 STORAGE_BACKOFF_MAX = 30.0
+MIN_FREE_BYTES = 64 * 1024 * 1024  # below this on the jobs disk, no job starts (a full disk would stop it again)
 
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.\-]+)+[\\/]([\w.\-]+)")
@@ -87,6 +90,7 @@ class Worker:
         self.device = device
         self.resume_attempts = resume_attempts
         self.stopping = threading.Event()
+        self.waiting_for_space = False
 
     def parent_alive(self) -> bool:
         return self.parent_pid is None or os.getppid() == self.parent_pid
@@ -110,6 +114,7 @@ class Worker:
             # leave a core to the classifier: the job is the batch workload, classification the interactive one
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) - 1))
         tail = MetricsTail(self.store.run_dir(job.job_id))
+        oom_before = oom_kills()
         handle = self.backend.start(self.command(job), env, self.store.log_path(job.job_id),
                                     self.store.job_dir(job.job_id) / "run.lock")
         try:
@@ -131,6 +136,8 @@ class Worker:
                     handle.kill()  # it had its chance to checkpoint; the periodic checkpoint remains
         finally:
             handle.close()
+        if outcome.lost is None and interrupted_at is None:  # killed by something else than us, or a full disk
+            outcome = Outcome(outcome.returncode, killed_by(outcome.returncode, oom_before, self._disk_full()))
         self._until_stored(lambda: self._record_outcome(job, outcome, tail))
 
     def _until_stored(self, write: Callable[[], None]) -> None:
@@ -164,8 +171,8 @@ class Worker:
         elif self.store.cancel_requested(job.job_id):
             self.store.finish(job.job_id, "cancelled")
             self.store.add_note(job.job_id, f"cancelled at step {tail.progress.step}; its checkpoint is kept")
-        elif rc == ExitCode.INTERRUPTED and self.should_stop():
-            pass  # the service is going away: the job stays 'running' and is resumed at the next start
+        elif (rc == ExitCode.INTERRUPTED or rc < 0) and self.should_stop():
+            pass  # the service is going away (a job slow to checkpoint is killed): it is resumed at the next start
         else:
             self.store.finish(job.job_id, "failed", self._failure_reason(job, rc))
 
@@ -180,6 +187,18 @@ class Worker:
         last = f": {without_paths(plain[-1], self.store.root)[:300]}" if plain else ""
         return f"the compressor exited with code {rc}{last}"
 
+    def _disk_full(self) -> bool:
+        return shutil.disk_usage(self.store.root).free < MIN_FREE_BYTES
+
+    def _space_to_run(self) -> bool:
+        """Whether the jobs disk has room for a job to run (and write its checkpoints) without filling it."""
+        free = shutil.disk_usage(self.store.root).free
+        if free < MIN_FREE_BYTES and not self.waiting_for_space:
+            print(f"worker: {NO_SPACE} ({free / 2**20:.0f} MB free); queued jobs wait until "
+                  f"{MIN_FREE_BYTES / 2**20:.0f} MB are", flush=True)
+        self.waiting_for_space = free < MIN_FREE_BYTES
+        return not self.waiting_for_space
+
     def serve(self) -> None:
         """Run queued jobs until told to stop. Storage errors (a full or read-only disk, a locked database) are
         waited out with back-off rather than fatal; a job that breaks the worker fails with the reason."""
@@ -191,6 +210,9 @@ class Worker:
                     for job_id in self.store.recover_interrupted(self.resume_attempts):
                         print(f"worker: job {job_id} was interrupted by a server stop; it will resume", flush=True)
                     recovered = True
+                if not self._space_to_run():
+                    backoff.wait(self.stopping)
+                    continue
                 job = self.store.claim_next()
                 backoff.reset()
                 if job is None:

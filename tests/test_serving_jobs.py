@@ -2,11 +2,12 @@
 import json
 
 import pytest
+import torch
 from pydantic import ValidationError
 
 from compressor.__main__ import build_parser, config_from_args
 from serving.jobs import JobStore
-from serving.schemas import JobOptions
+from serving.schemas import JobOptions, JobProgress
 from serving.worker import MetricsTail
 
 
@@ -49,16 +50,17 @@ def test_interrupted_jobs_are_requeued_then_given_up(tmp_path):
     store = JobStore(tmp_path)
     job = new_job(store)
     (store.run_dir(job) / "checkpoints").mkdir(parents=True)
-    (store.run_dir(job) / "checkpoints" / "last.pt").write_bytes(b"x")
+    torch.save({"step": 50, "student": torch.zeros(3)}, store.run_dir(job) / "checkpoints" / "last.pt")
+    store.set_progress(job, JobProgress(step=60))  # the metrics run ahead of the last checkpoint
     for _attempt in range(2):
         assert store.claim_next().job_id == job  # the worker starts it ... and the server dies
         assert store.recover_interrupted(max_attempts=2) == [job]
         view = store.get(job)
-        assert view.status == "queued" and "resume from its checkpoint" in view.notes[-1]
+        assert view.status == "queued" and "resume from its checkpoint at step 50" in view.notes[-1]
     store.claim_next()
     assert store.recover_interrupted(max_attempts=2) == []
     view = store.get(job)
-    assert view.status == "failed" and "interrupted 3 times, the last by a server stop" in view.error
+    assert view.status == "failed" and "interrupted 3 times, the last by a stop of the server or its job worker" in view.error
 
 
 def test_metrics_tail_reads_only_complete_lines(tmp_path):

@@ -1,7 +1,9 @@
 """Checkpoint files: written atomically, in the background, and read back safely (`weights_only=True`)."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -9,16 +11,38 @@ import torch
 
 from compressor.errors import CompressorError
 
+NEARLY_FULL_BYTES = 1 << 20
+
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically, so a crash mid-save never leaves a truncated checkpoint behind."""
+    """Write atomically, so a crash mid-save never leaves a truncated checkpoint behind. torch.save reports a
+    full disk as a RuntimeError ("file write failed"); it is raised as the OSError it is, so that the run can say
+    so and the service resume it once space is free."""
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    try:
+        torch.save(state, tmp)
+    except RuntimeError:
+        tmp.unlink(missing_ok=True)
+        if shutil.disk_usage(path.parent).free < NEARLY_FULL_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
     return torch.load(path, map_location=device, weights_only=True)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The round a checkpoint file was written at, read without loading its tensors (memory-mapped); None if
+    there is no readable checkpoint."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:
+        return None
 
 
 def host_copy(obj):
@@ -60,4 +84,6 @@ class CheckpointWriter:
             self.thread = None
         if self.error is not None:
             error, self.error = self.error, None
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise error  # the run's own answer to a full disk: exit code NO_SPACE, resumable
             raise CompressorError(f"could not write a checkpoint: {error}") from error

@@ -76,6 +76,13 @@ class Method(ABC):
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
             return SynthBatch(z, self.generator(z).detach())
 
+    @classmethod
+    def disk_bytes(cls, settings, image_elements: int, images_made: int | None) -> int:
+        """The most disk a run of this method writes besides its checkpoints, known before it starts (a server
+        bounds a job's disk with it): `image_elements` per synthetic image, `images_made` in the whole run (None:
+        not known in advance). The default keeps nothing."""
+        return 0
+
     def warnings(self) -> list[str]:
         """What the user should know before training: terms this teacher leaves the method unable to use."""
         return []

@@ -67,6 +67,12 @@ class DefaultMethod(Method):
         self.labelled: deque[SynthBatch] = deque()  # this round's student batches, drawn and labelled ahead
         self.left_in_round = 0  # of the round's k batches, those not drawn yet
 
+    @classmethod
+    def disk_bytes(cls, settings, image_elements: int, images_made: int | None) -> int:
+        """The pool file: one byte per element of every image stored, up to its capacity."""
+        stored = settings.pool_size if images_made is None else min(settings.pool_size, images_made)
+        return stored * image_elements
+
     @property
     def repels(self) -> bool:
         """Whether the diversity term is on: asked for, and the teacher has a Linear layer to read features from."""

@@ -8,9 +8,14 @@ so a pool larger than memory works the same way as a small one, through the page
 Exact resume: a file-backed pool is append-only until it is full, so a checkpoint needs only its size; once
 it has wrapped around, slots are overwritten after the checkpoint, and the checkpoint carries the pool's
 bytes. On a GPU a pool of up to 2 GiB lives in device memory instead (its checkpoint carries the bytes).
+
+The file is sparse, and writing into a memory-mapped hole on a full disk is SIGBUS: the process dies with no
+message and no checkpoint. So the disk blocks of every slot are reserved (posix_fallocate) before it is
+written: a full disk is then an OSError ("No space left on device") that the run reports and a resume survives.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -42,6 +47,8 @@ class SyntheticPool:
             return
         with open(self.path, "a+b") as f:  # keeps what a resumed run wrote; grows a new file (sparse)
             f.truncate(max(numel, f.seek(0, 2)))
+            if self.size:  # the slots a resumed run reads, or (wrapped) rewrites from its checkpoint
+                os.posix_fallocate(f.fileno(), 0, self.size * int(torch.Size(shape).numel()))
         self.data = torch.from_file(str(self.path), shared=True, size=numel, dtype=torch.uint8).view(self.capacity, *shape)
 
     def add(self, pixels: torch.Tensor) -> None:
@@ -54,11 +61,23 @@ class SyntheticPool:
         as_bytes = as_bytes.to(self.data.device)
         for chunk in as_bytes.split(self.capacity):
             n = chunk.shape[0]
+            self._reserve(self.cursor, n)
             idx = (torch.arange(n, device=self.data.device) + self.cursor) % self.capacity
             self.data[idx] = chunk
             self.wrapped = self.wrapped or self.size + n > self.capacity  # slots written before are overwritten
             self.cursor = (self.cursor + n) % self.capacity
             self.size = min(self.capacity, self.size + n)
+
+    def _reserve(self, first: int, n: int) -> None:
+        """Disk blocks for slots first … first+n-1 (wrapping), before they are written through the memory map."""
+        if not self.file_backed or self.wrapped:  # once wrapped, every slot has been written, so has its blocks
+            return
+        per_image = int(self.data.shape[1:].numel())
+        end = min(first + n, self.capacity)
+        with open(self.path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), first * per_image, (end - first) * per_image)
+            if first + n > self.capacity:
+                os.posix_fallocate(f.fileno(), 0, (first + n - self.capacity) * per_image)
 
     def sample(self, n: int, device: torch.device) -> torch.Tensor:
         """n images drawn uniformly from the whole pool, as pixels in [0, 1] on `device`."""

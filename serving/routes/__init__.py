@@ -10,7 +10,8 @@ done in this process by serving/inference.py's micro-batcher.
 
 Handlers are module-level functions of the request; what they share lives on `app.state`: `settings`,
 `predict`, `catalog` (the served model and the others), `store` (the job table), `decoders` (the limit on
-images decoded at once), `in_flight` (classifications being handled) and `bentoml_spec`.
+images decoded at once), `checks` (on uploads checked at once), `in_flight` (classifications being handled)
+and `bentoml_spec`.
 """
 from __future__ import annotations
 
@@ -53,5 +54,7 @@ def make_app(settings: ServingSettings, predict: Predict, bentoml_spec: Callable
     state.store = JobStore(settings.jobs_dir)
     # Decoding holds a full-size image in memory: bound how many run at once (the rest wait their turn).
     state.decoders = anyio.CapacityLimiter(settings.max_concurrent_decodes)
+    # Checking an upload loads the teacher and plans its student: bound how many run at once, memory included.
+    state.checks = anyio.CapacityLimiter(settings.max_checks)
     state.in_flight = 0  # one event loop, so no lock is needed
     return app

@@ -1,6 +1,11 @@
 """POST /classify: one or more images (multipart files, base64 in JSON, or the raw bytes) to the served model's
-top-k classes. Decoding runs on the event loop for a few small images and in a bounded thread pool otherwise;
-the model runs behind serving/inference.py's micro-batcher."""
+top-k classes.
+
+A request takes one of the `max_in_flight` slots only once its whole body has arrived (serving/guards.py holds
+the body to a deadline), so clients that send slowly cannot take the slots from those that do not. Everything
+that parses what a client sent (JSON, base64, image headers and pixels) runs in a bounded thread pool, never on
+the event loop: a file built to be slow to parse delays its own answer, not the server's. The model runs behind
+serving/inference.py's micro-batcher."""
 from __future__ import annotations
 
 import asyncio
@@ -15,11 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from compressor.errors import first_line
-from serving.images import LARGE_IMAGE_PIXELS, ImageRejected, all_small, decode_image, release_memory, to_model_input
+from serving.guards import token_matches
+from serving.images import LARGE_IMAGE_PIXELS, ImageRejected, decode_image, release_memory, to_model_input
 from serving.inference import BadModelInput, ModelUnavailable
-from serving.models import ModelSpec, UnknownModel
+from serving.models import DEFAULT_ID, ModelSpec, UnknownModel
 from serving.routes.errors import ApiError
-from serving.routes.params import content_type, integer, json_body, read_form
+from serving.routes.params import content_type, integer, parse_json, read_form
 from serving.schemas import ClassifyJSON, ClassifyResponse, Prediction
 from serving.settings import ServingSettings
 
@@ -29,6 +35,7 @@ TOP_K_NOT_INT = "top_k must be an integer"
 
 async def classify(request: Request) -> Response:
     state = request.app.state
+    await request.body()  # kept by the request for the parsers below
     if state.in_flight >= state.settings.max_in_flight:  # shed at once rather than queue past any deadline
         raise ApiError(503, "the server is at its limit of concurrent classifications; retry shortly", retry_after=1)
     state.in_flight += 1
@@ -50,12 +57,12 @@ async def _classify(request: Request) -> Response:
         spec = state.catalog.served_spec()
     except UnknownModel as exc:
         raise ApiError(503, f"no model to serve: {exc}") from None
-    if len(blobs) <= 4 and all_small(blobs):  # a thread hop would cost more than the decoding
-        batch = _prepare(blobs, spec, s.max_pixels)
-    else:
-        batch = await anyio.to_thread.run_sync(_prepare, blobs, spec, s.max_pixels, limiter=state.decoders)
+    batch = await anyio.to_thread.run_sync(_prepare, blobs, spec, s.max_pixels, limiter=state.decoders)
     probs = await _predict(state.predict, batch, s)
-    return JSONResponse(_top_k(probs, spec, top_k).model_dump())
+    answer = _top_k(probs, spec, top_k)
+    if spec.id != DEFAULT_ID and not token_matches(request.headers.get("authorization", ""), s.token):
+        answer.model = "student"  # a job's id is for token holders (see GET /models)
+    return JSONResponse(answer.model_dump())
 
 
 # ---------------------------------------------------------------- the request's images, in any of three forms
@@ -66,7 +73,8 @@ async def _image_payloads(request: Request, s: ServingSettings) -> tuple[list[by
     if ctype == "multipart/form-data":
         return await _multipart_images(request, s)
     if ctype == "application/json":
-        return await _json_images(request)
+        return await anyio.to_thread.run_sync(_json_images, await request.body(), s.max_images,
+                                              limiter=request.app.state.decoders)
     body = await request.body()
     if body and (ctype.startswith("image/") or ctype == "application/octet-stream"):
         return [body], integer(request.query_params.get("top_k", "5"), TOP_K_NOT_INT)
@@ -91,8 +99,14 @@ async def _multipart_images(request: Request, s: ServingSettings) -> tuple[list[
     return uploads, top_k
 
 
-async def _json_images(request: Request) -> tuple[list[bytes], int]:
-    payload = await json_body(request, ClassifyJSON, "{\"images\": [base64, …], \"top_k\": k}")
+def _json_images(body: bytes, max_images: int) -> tuple[list[bytes], int]:
+    """The images of a JSON body, base64-decoded. Each image is one JSON string, so a body with more quotes
+    than the image limit allows is refused from a count of them, before millions of strings are parsed."""
+    if body.count(b'"') > 2 * max_images + 8:
+        raise ApiError(413, f"too many strings in the JSON body for at most {max_images} images")
+    payload = parse_json(body, ClassifyJSON, "{\"images\": [base64, …], \"top_k\": k}")
+    if len(payload.images) > max_images:
+        raise ApiError(413, f"{len(payload.images)} images in one request; the limit is {max_images}")
     images = []
     for i, text in enumerate(payload.images):
         try:

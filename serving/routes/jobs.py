@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from compressor.errors import CompressorError, first_problem
-from serving.jobs import DOWNLOADABLE, FINISHED
+from serving.jobs import DOWNLOADABLE, FINISHED, JobStore
 from serving.routes.errors import ApiError
 from serving.routes.params import content_type, form_fields, integer, job_from_query, read_form, validated
-from serving.runs import check_run, run_args
+from serving.runs import OverLimit, check_run, run_args
 from serving.schemas import JobList, JobOptions, MetricsPage, Submitted
 from serving.settings import ServingSettings
 
@@ -26,13 +26,15 @@ MEDIA_TYPES = {"json": "application/json", "md": "text/markdown", "png": "image/
 async def submit(request: Request) -> Response:
     state = request.app.state
     settings, store = state.settings, state.store
+    _check_queue(store, settings)
     teacher, options = await _submission(request)
     job_id, _ = store.new_job_dir()
     try:
         path = store.teacher_path(job_id)
         await anyio.to_thread.run_sync(_save_upload, teacher, path)
         args = run_args(store, job_id, options, settings.job_device)
-        await anyio.to_thread.run_sync(_check_teacher, args, settings, path)
+        await anyio.to_thread.run_sync(_check_teacher, args, settings, path, limiter=state.checks)
+        _check_queue(store, settings)  # others may have been accepted while this one was checked
         job = store.create(job_id, options, teacher.filename)
     except BaseException:
         store.discard_job_dir(job_id)
@@ -56,10 +58,19 @@ def _save_upload(upload: UploadFile, path: Path) -> None:
         shutil.copyfileobj(upload.file, out, 1024 * 1024)
 
 
+def _check_queue(store: JobStore, settings: ServingSettings) -> None:
+    active = store.count_active()
+    if active >= settings.max_queued_jobs:
+        raise ApiError(429, f"this server already has {active} jobs queued or running, its limit; retry when one has "
+                            "finished", retry_after=60)
+
+
 def _check_teacher(args: list[str], settings: ServingSettings, path: Path) -> None:
     """The job's run set up as the worker will run it (serving/runs.py), so a bad upload is a 400 now."""
     try:
-        check_run(args, settings.max_teacher_bytes, settings.max_job_steps)
+        check_run(args, settings)
+    except OverLimit as exc:
+        raise ApiError(exc.status, str(exc)) from None
     except CompressorError as exc:
         raise ApiError(400, str(exc).replace(str(path), "the uploaded teacher")) from None
     except ValidationError as exc:

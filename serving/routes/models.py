@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serving.guards import token_matches
-from serving.models import UnknownModel
+from serving.models import DEFAULT_ID, UnknownModel
 from serving.routes.errors import ApiError
 from serving.routes.params import json_body
 from serving.schemas import ModelListing, SelectModel
@@ -23,10 +23,18 @@ async def list_models(request: Request) -> Response:
         served = catalog.info(served_id, served_path, True)
     listing = ModelListing(served=served, available=available).model_dump()
     if not token_matches(request.headers.get("authorization", ""), state.settings.token):
-        for info in [listing["served"], *listing["available"]]:  # server paths are for the operator only
-            if info:
-                info.pop("path")
+        listing = {"served": _public(listing["served"]),
+                   "available": [_public(m) for m in listing["available"] if m["id"] == DEFAULT_ID or m["served"]]}
     return JSONResponse(listing)
+
+
+def _public(info: dict | None) -> dict | None:
+    """What anyone may see of a model: what it is and how good, not the server's paths, the job that made it (its
+    id reaches its files) or its teacher's hash (which says whose model it is)."""
+    if info is None:
+        return None
+    hidden = {k: v for k, v in info.items() if k not in ("path", "teacher_sha256")}
+    return {**hidden, "id": info["id"] if info["id"] == DEFAULT_ID else None}
 
 
 async def select_model(request: Request) -> Response:

@@ -374,7 +374,7 @@ function showTry() {
   apiJson("/models").then((listing) => {
     const m = listing.served;
     model.replaceChildren(m
-      ? el("p", {}, "Serving ", el("strong", {}, m.id), ` · ${thousands(m.params)} parameters`,
+      ? el("p", {}, "Serving ", el("strong", {}, m.id || "a compressed student"), ` · ${thousands(m.params)} parameters`,
           m.accuracy !== null && m.accuracy !== undefined ? ` · accuracy ${pct(m.accuracy)}` : "",
           m.input_size ? ` · input ${m.channels}×${m.input_size}×${m.input_size}` : "",
           m.class_names && m.class_names.length ? ` · ${m.class_names.length} classes` : "")

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from benchmarks.serving import batch_counters
@@ -234,6 +235,13 @@ def test_a_foreign_host_name_is_refused_and_every_answer_carries_the_security_he
     assert refused.status_code >= 400 and refused.headers["x-frame-options"] == "DENY"
 
 
+def _zero_width(classes: int) -> dict:
+    """A submission of a 1 kB checkpoint whose classifier claims `classes` classes with no weights at all."""
+    buf = io.BytesIO()
+    torch.save({"fc.weight": torch.empty(classes, 0)}, buf)
+    return {"data": {"ratio": "0.1", "arch": "resnet18"}, "files": {"teacher": ("t.pth", buf.getvalue())}}
+
+
 def _bad_submissions(teacher: bytes) -> list[tuple[str, dict, int, str]]:
     upload = {"teacher": ("t.pth", teacher)}
     return [
@@ -252,6 +260,12 @@ def _bad_submissions(teacher: bytes) -> list[tuple[str, dict, int, str]]:
         ("a mean far outside pixel values", {"data": {"ratio": "0.1", "mean": "[1e308]"}, "files": upload}, 400, '["mean"]'),
         ("an evaluation interval beyond any run", {"data": {"ratio": "0.1", "eval_every": str(10**21)}, "files": upload},
          400, '["eval_every"]'),
+        ("a dataset the server has no copy of", {"data": {"ratio": "0.1", "dataset": "cifar10"}, "files": upload}, 400,
+         "dataset: this server has no copy of cifar10"),
+        ("a replay pool over the job disk limit", {"data": {"ratio": "0.1", "input_size": "1024"}, "files": upload}, 413,
+         "input_size: the job would write about 48.8 GiB"),
+        ("a million-class classifier of zero width", _zero_width(500_000), 400, "500,000 classes"),
+        ("a classifier of zero width", _zero_width(50_000), 400, "fc.weight has shape [50000, 0]"),
         ("no teacher", {"data": {"ratio": "0.1"}, "files": {"x": ("t", b"1")}}, 400, "teacher"),
         ("not a checkpoint", {"data": {"ratio": "0.1"}, "files": {"teacher": ("t.pth", png())}}, 400, "not a PyTorch checkpoint"),
         ("malicious pickle", {"data": {"ratio": "0.1"}, "files": {"teacher": ("t.pth", pickle.dumps(_Exploit()))}}, 400,
@@ -349,18 +363,20 @@ def test_jobs_survive_a_crash_and_restarts(server, workdir, demo_run, digits_png
         # the finished student becomes the served model, without a restart
         r = httpx.post(restarted.url + "/models/select", headers=AUTH, json={"model_id": job})
         assert r.status_code == 200 and r.json()["served"]
-        answer = httpx.post(restarted.url + "/classify", files={"image": ("d.png", digits_pngs[0][0])}).json()
-        assert answer["model"] == job
+        answer = httpx.post(restarted.url + "/classify", files={"image": ("d.png", digits_pngs[0][0])}, headers=AUTH)
+        assert answer.json()["model"] == job
     finally:
         restarted.stop()
 
     # a server without a token keeps the finished job and the served choice, and refuses compression with a reason
     tokenless = start_server(workdir, demo_run / "student.onnx", token=None)
     try:
-        listing = httpx.get(tokenless.url + "/models").json()
-        assert listing["served"]["id"] == job and {m["id"] for m in listing["available"]} == {"default", job}
+        listing = httpx.get(tokenless.url + "/models").json()  # nobody holds a token: no job ids, no hashes
+        assert listing["served"]["id"] is None and listing["served"]["params"] > 0
+        assert [m["id"] for m in listing["available"]] == ["default", None] and job not in json.dumps(listing)
         r = httpx.get(tokenless.url + f"/compress/status?job_id={job}", headers=AUTH)
         assert r.status_code == 503 and "COMPRESSOR_TOKEN" in r.json()["error"]
-        assert httpx.post(tokenless.url + "/classify", files={"image": ("d.png", digits_pngs[0][0])}).json()["model"] == job
+        answer = httpx.post(tokenless.url + "/classify", files={"image": ("d.png", digits_pngs[0][0])}).json()
+        assert answer["model"] == "student"
     finally:
         tokenless.stop()

@@ -165,7 +165,8 @@ def test_the_student_is_served_and_an_image_dropped_on_the_page_is_classified(we
     screenshot(web, "jobs")
     page.click(f"#jobs-table tr[data-job-id='{job_id}'] button.serve")
     page.wait_for_selector(f"#jobs-table tr[data-job-id='{job_id}'] button.serve[disabled]")
-    assert httpx.get(url + "/models").json()["served"]["id"] == job_id
+    assert httpx.get(url + "/models", headers=AUTH).json()["served"]["id"] == job_id
+    assert httpx.get(url + "/models").json()["served"]["id"] is None  # a job's id is for token holders
 
     png, _ = digit_png(3)
     expected = httpx.post(url + "/classify", files={"image": ("d.png", png, "image/png")}).json()
