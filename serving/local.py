@@ -23,15 +23,16 @@ def free_port() -> int:
 class LocalServer:
     """The service as an operator starts it, configured only through COMPRESSOR_* environment variables."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], ready_timeout: float = 180) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], ready_timeout: float = 180, port: int | None = None) -> None:
+        """`port`: a given one, so that a server restarted after a crash keeps its URL; by default a free one."""
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("COMPRESSOR_")}
         full_env.update({"PYTHONPATH": str(ROOT), "BENTOML_DO_NOT_TRACK": "True",
                          "BENTOML_HOME": str(workdir / "bentoml_home"), **env})
         self.log_path = workdir / f"server-{self.port}.log"
-        self.log = self.log_path.open("w")
+        self.log = self.log_path.open("a")  # a restart on the same port appends to its predecessor's log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "serving.service:Compressor", "--host", "127.0.0.1",
              "--port", str(self.port)], cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
