@@ -103,7 +103,7 @@ class Gatekeeper:
         if exchange.refused is not None and not exchange.response_started:
             await _send_json(send, *exchange.refused)
 
-    def refusal(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, dict, list[tuple[bytes, bytes]]] | None:
+    def refusal(self, path: str, headers: dict[bytes, bytes]) -> Refusal | None:
         """What to answer without calling the app (status, body, headers): the job worker down (/readyz), a
         missing or wrong token, a declared body over the limit; None to go on."""
         if path not in PROBES and not host_allowed(headers.get(b"host", b"").decode("latin-1"),
