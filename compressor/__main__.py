@@ -5,7 +5,6 @@ Every user mistake ends as one line on stderr and exit code 2, never a traceback
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import signal
 import sys
@@ -17,7 +16,7 @@ from pydantic import ValidationError
 
 from compressor import distributed
 from compressor.config import NAMED_DATASETS, RUN_PRESETS, MethodSettings, RunConfig, TeacherConfig, preset_overrides
-from compressor.errors import CompressorError, first_problem
+from compressor.errors import CompressorError, disk_full, first_problem
 from compressor.methods import METHODS
 from compressor.run_folder import RunPaths
 from compressor.students import StudentFamily
@@ -161,6 +160,16 @@ def take_ctrl_c() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _no_space(exc: OSError) -> int:
+    """One line for a full disk, where the output may be a log on that same disk."""
+    try:
+        print(f"error: no space left on device ({exc.filename or 'the run folder'}): free some and continue "
+              "with --resume; the last checkpoint is intact", file=sys.stderr, flush=True)
+    except OSError:
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - or exiting fails to flush them (code 120)
+    return ExitCode.NO_SPACE
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     take_ctrl_c()
@@ -208,14 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.CHECK_FAILED
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not disk_full(exc):
             raise
-        try:  # the output may be a log on the same full disk
-            print(f"error: no space left on device ({exc.filename or 'the run folder'}): free some and continue "
-                  "with --resume; the last checkpoint is intact", file=sys.stderr, flush=True)
-        except OSError:
-            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - or exiting fails to flush them (code 120)
-        return ExitCode.NO_SPACE
+        return _no_space(exc)
     finally:
         distributed.stop()  # under torchrun: leave the process group (no-op otherwise)
     if not result.finished:

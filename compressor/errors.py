@@ -1,4 +1,6 @@
 """The one exception type a user sees as a single line, never as a traceback."""
+import errno
+
 from pydantic import ValidationError
 
 # compressor's modules quote failures through this name; the one definition lives in the lowest layer, export.
@@ -17,3 +19,8 @@ def first_problem(exc: ValidationError) -> str:
     where = ".".join(str(part) for part in first["loc"])
     return f"{where}: {what}" if where else what  # a rule across settings has no one place
 
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` says the disk (or the user's quota on it) is full: what a resume survives once space is free."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

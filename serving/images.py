@@ -56,9 +56,10 @@ class _CountedReads(io.BytesIO):
     def __init__(self, data: bytes) -> None:
         super().__init__(data)
         self.reads = 0
+        self.opening = True  # decoding, after the header, reads the pixels in as many pieces as it likes
 
     def read(self, size: int | None = -1) -> bytes:
-        self.reads += 1
+        self.reads += self.opening
         if self.reads > HEADER_READS:
             raise ImageRejected("image refused: its header does not reach the pixels in a reasonable number of reads")
         return super().read(size)
@@ -68,7 +69,7 @@ def _open(data: bytes) -> Image.Image:
     """The image with only its header read, from a stream that counts Pillow's reads while it opens."""
     stream = _CountedReads(data)
     image = Image.open(stream)
-    stream.reads = -(2**62)  # opened: decoding reads the pixels in as many pieces as it likes
+    stream.opening = False
     return image
 
 

@@ -237,9 +237,10 @@ class JobStore:
             else:
                 with self._connect() as db:
                     db.execute("UPDATE jobs SET status = 'queued' WHERE id = ?", (job.job_id,))
-                step = checkpoint_step(checkpoint) if checkpoint.is_file() else None
-                where = ("from the start (no checkpoint yet)" if not checkpoint.is_file() else "from its checkpoint"
-                         if step is None else f"from its checkpoint at step {step}")
+                where = "from the start (no checkpoint yet)"
+                if checkpoint.is_file():
+                    step = checkpoint_step(checkpoint)
+                    where = "from its checkpoint" + (f" at step {step}" if step is not None else "")
                 self.add_note(job.job_id, f"interrupted by {reason}; queued to resume {where}")
                 recovered.append(job.job_id)
         return recovered

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, disk_full
 
 NEARLY_FULL_BYTES = 1 << 20
 
@@ -84,6 +84,6 @@ class CheckpointWriter:
             self.thread = None
         if self.error is not None:
             error, self.error = self.error, None
-            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            if disk_full(error):
                 raise error  # the run's own answer to a full disk: exit code NO_SPACE, resumable
             raise CompressorError(f"could not write a checkpoint: {error}") from error

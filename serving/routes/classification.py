@@ -105,7 +105,7 @@ def _json_images(body: bytes, max_images: int) -> tuple[list[bytes], int]:
     if body.count(b'"') > 2 * max_images + 8:
         raise ApiError(413, f"too many strings in the JSON body for at most {max_images} images")
     payload = parse_json(body, ClassifyJSON, "{\"images\": [base64, …], \"top_k\": k}")
-    if len(payload.images) > max_images:
+    if len(payload.images) > max_images:  # before decoding them all
         raise ApiError(413, f"{len(payload.images)} images in one request; the limit is {max_images}")
     images = []
     for i, text in enumerate(payload.images):
