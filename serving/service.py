@@ -19,6 +19,9 @@ from serving.inference import BatchedModel
 from serving.routes import make_app
 from serving.settings import settings
 from serving.supervisor import WorkerSupervisor
+from serving.timeouts import install as install_request_timeout
+
+install_request_timeout()
 
 SETTINGS = settings()
 MODEL = BatchedModel(SETTINGS)  # opens nothing until the service starts (Compressor.__init__)

@@ -21,6 +21,7 @@ import psutil
 import pytest
 from PIL import Image
 
+from benchmarks.soak.load import ClassifyLoad
 from compressor.engine.checkpoint import checkpoint_step
 from compressor.run_folder import RunPaths
 from serving.local import LocalServer
@@ -112,6 +113,22 @@ def test_nearly_sent_large_bodies_hold_bounded_memory(server):
     assert set(statuses) <= {408, 503} and statuses.count(503) >= 8, statuses  # at most 3 bodies fit in 6 MB
     assert peak - before < 64 * 2**20, (before, peak)
     assert classify(server).status_code == 200
+
+
+def test_classifications_leave_no_memory_behind(server):
+    """BentoML's request timeout kept every request's tracing span for 300 s: 4.6 kB a classification."""
+    load = ClassifyLoad(server.url, digit_png(), clients=16, timeout=30, pause=0).start()
+    try:
+        time.sleep(5)  # warm-up: the batcher's buffers, the decoder threads
+        front = front_process(server)
+        before, done_before = front.memory_info().rss, len(load.attempts)
+        time.sleep(20)
+        grown, done = front.memory_info().rss - before, len(load.attempts) - done_before
+    finally:
+        attempts = load.stop()
+    assert {a.status for a in attempts} == {200}
+    assert done > 2000, done
+    assert grown < 1024 * done, f"{grown / done:.0f} bytes a request over {done} requests"
 
 
 def _padded_jpeg() -> bytes:
