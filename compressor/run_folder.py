@@ -79,8 +79,15 @@ def read_metrics(path: Path, start: int = 0, limit: int | None = None) -> tuple[
 
 
 def truncate_metrics(path: Path, after_step: int) -> None:
-    """On resume, drop records past the checkpoint so the log reads as one uninterrupted run."""
+    """On resume, drop records past the checkpoint so the log reads as one uninterrupted run. A record cut short
+    (the process killed, or the disk full, in the middle of writing it) is dropped too."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= after_step]
+    keep = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            if json.loads(line)["step"] <= after_step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass
     path.write_text("".join(line + "\n" for line in keep))

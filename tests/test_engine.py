@@ -61,6 +61,10 @@ def test_the_metrics_log_is_read_by_line_without_half_written_records(tmp_path):
     path.write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 6)))
     truncate_metrics(path, 3)
     assert [r["step"] for r in read_metrics(path)[0]] == [1, 2, 3]
+    # A record cut short by a kill or a full disk, with a record after it (the next run's): the resume drops it.
+    path.write_text(json.dumps({"step": 1}) + "\n" + '{"step": 2, "s_lo' + json.dumps({"step": 2}) + "\n")
+    truncate_metrics(path, 3)
+    assert path.read_text() == json.dumps({"step": 1}) + "\n"
 
 
 def test_run_paths_name_the_layout_of_a_run_folder(tmp_path):
