@@ -6,6 +6,7 @@ The CLI, the loop, the service's worker and the tests all find a run's files thr
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -78,6 +79,18 @@ def read_metrics(path: Path, start: int = 0, limit: int | None = None) -> tuple[
     return records, next_line
 
 
+def replace_text(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: a full disk or a kill in the middle leaves the old file, never a
+    truncated one that the next resume could not read."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
 def truncate_metrics(path: Path, after_step: int) -> None:
     """On resume, drop records past the checkpoint so the log reads as one uninterrupted run. A record cut short
     (the process killed, or the disk full, in the middle of writing it) is dropped too."""
@@ -90,4 +103,4 @@ def truncate_metrics(path: Path, after_step: int) -> None:
                 keep.append(line)
         except (ValueError, KeyError, TypeError):
             pass
-    path.write_text("".join(line + "\n" for line in keep))
+    replace_text(path, "".join(line + "\n" for line in keep))

@@ -10,7 +10,6 @@ BentoML's waited out the timeout first.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from bentoml._internal.server.http import traffic
 from starlette.responses import JSONResponse

@@ -65,6 +65,7 @@ def test_the_metrics_log_is_read_by_line_without_half_written_records(tmp_path):
     path.write_text(json.dumps({"step": 1}) + "\n" + '{"step": 2, "s_lo' + json.dumps({"step": 2}) + "\n")
     truncate_metrics(path, 3)
     assert path.read_text() == json.dumps({"step": 1}) + "\n"
+    assert not path.with_name(path.name + ".tmp").exists()
 
 
 def test_run_paths_name_the_layout_of_a_run_folder(tmp_path):

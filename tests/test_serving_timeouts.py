@@ -40,7 +40,8 @@ def traced(app, kept: list[weakref.ref]):
 
 
 async def get(app, timeout: float, kept: list[weakref.ref] | None = None) -> httpx.Response:
-    transport = httpx.ASGITransport(app=traced(CancellingTimeoutMiddleware(app, timeout=timeout), kept if kept is not None else []))
+    app = traced(CancellingTimeoutMiddleware(app, timeout=timeout), kept if kept is not None else [])
+    transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         return await client.get("/")
 

@@ -29,6 +29,7 @@ from compressor.engine.outcome import Interrupted, RunResult
 from compressor.engine.round import Throughput, play_round
 from compressor.engine.selection import Selection
 from compressor.engine.state import TrainState
+from compressor.run_folder import replace_text
 
 
 def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None, quiet: bool = False) -> RunResult:
@@ -43,7 +44,7 @@ def run(cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
         state.load_state_dict(load_checkpoint(ctx.paths.last, ctx.device))
     MetricsLog.open(ctx, state.step if resume else None)
     if ctx.is_main:
-        ctx.paths.config.write_text(cfg.model_dump_json(indent=2))
+        replace_text(ctx.paths.config, cfg.model_dump_json(indent=2))
     evaluation = TestEvaluation(parts.data, parts.teacher, cfg.teacher.mean, cfg.teacher.std, ctx.device) \
         if parts.data is not None and ctx.is_main else None
     seen, loop_started, from_step = Throughput(), time.time(), state.step
