@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 from pydantic import ValidationError
 
@@ -21,6 +21,9 @@ from compressor.methods import METHODS
 from compressor.run_folder import RunPaths
 from compressor.students import StudentFamily
 from export.cli import ExitCode, OneLineParser
+
+if TYPE_CHECKING:
+    from compressor.engine import RunResult
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -170,6 +173,18 @@ def _no_space(exc: OSError) -> int:
     return ExitCode.NO_SPACE
 
 
+def demo(argv: list[str]) -> RunResult:
+    """`python -m compressor demo [--out --steps --quiet]`: the embedded digits demo, with its own short parser."""
+    from compressor.demo import DEMO_STEPS, run_demo
+
+    parser = OneLineParser(prog="python -m compressor demo", description="the embedded digits demo")
+    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--steps", type=int, default=DEMO_STEPS)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    return run_demo(Path(args.out), steps=args.steps, quiet=args.quiet)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     take_ctrl_c()
@@ -177,14 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if argv[:1] == ["demo"]:
-            from compressor.demo import DEMO_STEPS, run_demo
-
-            dp = OneLineParser(prog="python -m compressor demo", description="the embedded digits demo")
-            dp.add_argument("--out", default="runs/demo")
-            dp.add_argument("--steps", type=int, default=DEMO_STEPS)
-            dp.add_argument("--quiet", action="store_true")
-            dargs = dp.parse_args(argv[1:])
-            result = run_demo(Path(dargs.out), steps=dargs.steps, quiet=dargs.quiet)
+            result = demo(argv[1:])
         else:
             args = build_parser().parse_args(argv)
             if args.stop_after is not None and args.stop_after < 0:

@@ -20,7 +20,6 @@ def first_problem(exc: ValidationError) -> str:
     return f"{where}: {what}" if where else what  # a rule across settings has no one place
 
 
-
 def disk_full(exc: BaseException) -> bool:
     """Whether `exc` says the disk (or the user's quota on it) is full: what a resume survives once space is free."""
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -7,11 +7,11 @@ choice survives one.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from compressor.run_folder import replace_text
 from export.metadata import read_metadata
 from serving.jobs import JobStore
 from serving.schemas import ModelInfo
@@ -92,9 +92,7 @@ class ModelCatalog:
         path = self._path_of(model_id)
         load_spec(model_id, path)  # refuse a file that is not a readable model before pointing at it
         self.pointer.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.pointer.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"id": model_id, "path": str(path.resolve())}))
-        os.replace(tmp, self.pointer)
+        replace_text(self.pointer, json.dumps({"id": model_id, "path": str(path.resolve())}))
         return self.info(model_id, path, served=True)
 
     def info(self, model_id: str, path: Path, served: bool) -> ModelInfo:
