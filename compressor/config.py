@@ -112,7 +112,7 @@ class StudentConfig(Strict):
     # are reproduced. The budgets are then not searched; ratio is written back as the student's measured one.
     name: str | None = None
     arch: str | None = None  # resolved by the budget search
-    spec: dict | None = None
+    spec: dict | None = None  # resolved by the search; given (with arch), the student is built as it is
     params: int | None = None
 
     @field_validator("ratio")

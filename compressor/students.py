@@ -29,6 +29,7 @@ from compressor.models.student_resnet import ResNetStudentSpec, resnet_student_c
 # The planned student families and the registered architecture each builds; "auto" picks one from the teacher.
 FAMILY_ARCHS = {"resnet": "student_resnet", "mobilenet": "student_mobilenet"}
 StudentFamily = Literal[("auto", *FAMILY_ARCHS)]
+_SPEC_TYPES = {"resnet": ResNetStudentSpec, "mobilenet": MobileNetStudentSpec}
 MIN_FILL = 0.97  # the contract: params >= 0.97 x budget
 MIN_FIRST_WIDTH = 8  # below this the first stage is too thin to learn; depth gives way first
 # Width growth from stage to stage. A fine grid matters: with the last width the only free integer, one more
@@ -86,9 +87,11 @@ def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int | None:
 
 def _resnet_candidates(b: _Budget, schedule: SpatialSchedule,
                        macs_cap: int) -> Iterator[tuple[tuple, ResNetStudentSpec, int, int]]:
-    """Every shape under both budgets, with a preference key (larger is better): filling the parameter budget,
-    else the most parameters; then no hidden head, a first stage of at least MIN_FIRST_WIDTH channels, depth,
-    growth nearest to doubling, then the most compute."""
+    """Every shape under both budgets, with a preference key (larger is better). Filling the parameter budget
+    first; then no hidden head, a first stage of at least MIN_FIRST_WIDTH channels, depth, growth nearest to
+    doubling, the most compute. Where compute binds first, the widest first stages whose last stage can still
+    grow like the others: the most parameters would put all the compute in the last stage and starve the first
+    ones (measured on a VGG teacher, RESULTS.md)."""
     strides = schedule.stage_strides
     n = len(strides)
     base = {"strides": strides, "stem_kernel": min(7, schedule.stem_kernel) | 1, "stem_stride": schedule.stem_stride,
@@ -122,9 +125,12 @@ def _resnet_candidates(b: _Budget, schedule: SpatialSchedule,
                 if params < MIN_FILL * b.params:
                     spec = _with_teacher_like_head(spec, b, fits, cost)
                     params, macs = cost(spec)
-                filled = params >= MIN_FILL * b.params
-                yield ((filled, 0 if filled else params, not spec.head_hidden, c1 >= MIN_FIRST_WIDTH, depth,
-                        -abs(growth - 2), macs), spec, params, macs)
+                shape = (c1 >= MIN_FIRST_WIDTH, depth, -abs(growth - 2))
+                if params >= MIN_FILL * b.params:
+                    yield (True, not spec.head_hidden, *shape, macs), spec, params, macs
+                else:  # compute binds first
+                    grows_alike = spec.widths[-1] >= round(floor * growth)
+                    yield (False, grows_alike, *shape, c1, params, macs), spec, params, macs
 
 
 def _with_teacher_like_head(spec: ResNetStudentSpec, b: _Budget, fits: Callable[[ResNetStudentSpec], bool],
@@ -226,7 +232,8 @@ def plan_student(
 def _shortfall(params: int, budget: _Budget, teacher: ModelProfile, macs_ratio: float) -> str | None:
     if params >= MIN_FILL * budget.params:
         return None
-    head = (f"a head no larger than the teacher's ({len(budget.head_hidden)} hidden layers of at most "
+    layers = len(budget.head_hidden)
+    head = (f"a head no larger than the teacher's ({layers} hidden layer{'s' if layers > 1 else ''} of at most "
             f"{max(budget.head_hidden):,})" if budget.head_hidden else "no hidden head layer, as the teacher has none")
     return (f"the compute budget binds first: the student holds {params / teacher.params:.3f} of the teacher's parameters, "
             f"not the {budget.params / teacher.params:.3f} the ratio allows, within {macs_ratio:g} of its multiply-adds "
@@ -247,6 +254,36 @@ def named_student(name: str, teacher: ModelProfile, num_classes: int, in_channel
     if params >= teacher.params:
         raise CompressorError(f"student {name} has {params:,} parameters, not fewer than the teacher's {teacher.params:,}")
     return StudentPlan("named", name, {}, params, macs, params, macs)
+
+
+def given_student(arch: str | None, spec: dict, ratio: float, macs_ratio: float | None, teacher: ModelProfile,
+                  num_classes: int, in_channels: int) -> StudentPlan:
+    """A planned family's student of a shape given as it is (a plan's `spec`, as a run's config.json records it):
+    how two shapes are compared on one teacher, and how a resumed run gets its student back (the same plan, note
+    included, as the search is deterministic). Only the student's being smaller than its teacher is required."""
+    family = next((f for f, a in FAMILY_ARCHS.items() if a == arch), None)
+    if family is None:
+        raise CompressorError(f"a student spec needs its architecture: one of {', '.join(FAMILY_ARCHS.values())}, "
+                              f"got {arch!r}")
+    try:
+        spec = _SPEC_TYPES[family](**spec).model_dump(mode="json")
+    except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise CompressorError(f"the student spec does not describe a {family} student: {first_line(exc)}") from None
+    size = teacher.schedule.input_size
+    model = create_model(arch, num_classes=num_classes, in_channels=in_channels, spec=spec)
+    params, macs = count_params(model), count_macs(model, (in_channels, size, size))
+    if params >= teacher.params:
+        raise CompressorError(f"the given student has {params:,} parameters, not fewer than the teacher's {teacher.params:,}")
+    try:
+        planned = plan_student(family, ratio, teacher, num_classes, in_channels, macs_ratio)
+    except CompressorError:
+        planned = None
+    if planned is not None and planned.spec == spec:
+        return planned  # a resumed run: the plan, its budgets and its note
+    macs_ratio = ratio if macs_ratio is None else macs_ratio
+    short = (f"the student's shape was given, not planned: it holds {params / teacher.params:.3f} of the teacher's "
+             f"parameters, not the {ratio:g} the ratio allows" if params < MIN_FILL * int(ratio * teacher.params) else None)
+    return StudentPlan(family, arch, spec, params, macs, int(ratio * teacher.params), int(macs_ratio * teacher.macs), short)
 
 
 def student_from_safetensors(path: str | Path) -> nn.Module:

@@ -9,7 +9,7 @@ import torch.nn as nn
 from compressor.errors import CompressorError
 from compressor.model_stats import count_macs, count_params, profile_model
 from compressor.models import create_model
-from compressor.students import MIN_FILL, plan_student
+from compressor.students import MIN_FILL, given_student, plan_student
 from compressor.teachers import load_teacher
 
 TEACHERS = [  # (arch, classes, channels, input size, family that `auto` picks)
@@ -199,9 +199,52 @@ def test_where_compute_binds_and_the_teacher_has_no_head_the_student_is_smaller_
     assert count_params(built) == plan.params and count_macs(built, (3, 32, 32)) == plan.macs
 
 
+def test_where_compute_binds_the_first_stages_keep_their_share_of_it():
+    """On a VGG-style teacher, whose weights sit in its head, the most parameters within the compute budget meant
+    first stages of 4 and 6 channels under a 215-channel last one, a student far behind the padded one on the
+    validation split (RESULTS.md); the planner now gives the widest first stages whose last stage still grows
+    like the others, and the teacher's head shape."""
+    profile = profile_model(create_model("vgg8_cifar", num_classes=10), (3, 32, 32))
+    for ratio in (0.1, 0.2):
+        plan = plan_student("auto", ratio, profile, 10, 3)
+        w = plan.spec["widths"]
+        assert plan.short_of_budget and plan.spec["head_hidden"] == [512]
+        assert w[0] >= 16 and w[2] / w[1] >= w[1] / w[0] - 0.05, w
+        assert plan.macs <= ratio * profile.macs and plan.params < ratio * profile.params
+        assert count_params(plan.build(10, 3)) == plan.params
+
+
 def test_a_spec_written_with_one_hidden_width_reads_as_one_layer():
     from compressor.models.student_resnet import ResNetStudentSpec
 
     old = {"widths": [8, 16], "blocks": [1, 1], "strides": [1, 2], "head_hidden": 32}
     assert ResNetStudentSpec(**old).head_hidden == (32,)
     assert ResNetStudentSpec(**{**old, "head_hidden": 0}).head_hidden == ()
+
+
+def test_a_given_spec_is_the_plan_it_came_from_or_says_it_was_given():
+    """A resumed run takes the spec its config.json recorded: the same student, budgets and note as the plan; a
+    shape given by hand is built as it is and says so where it is short of the budget."""
+    profile = profile_model(create_model("vgg8_cifar", num_classes=10), (3, 32, 32))
+    plan = plan_student("auto", 0.2, profile, 10, 3)
+    assert plan.short_of_budget and plan.spec["head_hidden"] == [512]  # compute binds on this teacher
+    assert given_student(plan.arch, plan.spec, 0.2, None, profile, 10, 3) == plan
+    # The shape the planner once gave this teacher: one 9,028-unit hidden layer, built as given.
+    padded = {"widths": [25, 50, 50], "blocks": [1, 1, 1], "strides": [1, 2, 2], "stem_kernel": 3, "stem_stride": 1,
+              "stem_pool": 2, "head_hidden": 9028}
+    given = given_student("student_resnet", padded, 0.2, None, profile, 10, 3)
+    assert given.spec["head_hidden"] == [9028] and given.short_of_budget is None
+    assert given.params == count_params(given.build(10, 3)) > plan.params
+    small = given_student("student_resnet", {**padded, "head_hidden": 64}, 0.2, None, profile, 10, 3)
+    assert small.short_of_budget.startswith("the student's shape was given, not planned")
+
+
+@pytest.mark.parametrize("arch, spec, message", [
+    (None, {"widths": [8, 16]}, "needs its architecture"),
+    ("student_resnet", {"widths": [8, 16], "blocks": [1], "strides": [1, 2]}, "does not describe a resnet student"),
+    ("student_resnet", {"widths": [512, 1024], "blocks": [3, 3], "strides": [1, 2]}, "not fewer than the teacher's"),
+])
+def test_a_given_spec_that_cannot_be_built_is_a_clear_error(arch, spec, message):
+    profile = profile_model(create_model("resnet20", num_classes=10), (3, 32, 32))
+    with pytest.raises(CompressorError, match=message):
+        given_student(arch, spec, 0.2, None, profile, 10, 3)

@@ -16,7 +16,7 @@ from compressor.generator import Generator
 from compressor.methods import Method, create_method
 from compressor.model_stats import ModelProfile, count_macs, profile_model
 from compressor.models import get_entry, list_models
-from compressor.students import StudentPlan, named_student, plan_student
+from compressor.students import StudentPlan, given_student, named_student, plan_student
 from compressor.teachers import LoadedTeacher, load_teacher
 
 
@@ -88,7 +88,8 @@ def load_eval_data(cfg: RunConfig) -> LabelledData | None:
 
 
 def resolve_student(cfg: RunConfig, teacher: LoadedTeacher) -> tuple[nn.Module, StudentPlan, ModelProfile]:
-    """Plan the student on the teacher's measured parameters, multiply-adds and spatial schedule."""
+    """Plan the student on the teacher's measured parameters, multiply-adds and spatial schedule (or take
+    the named architecture or the given spec as it is)."""
     s, t = cfg.student, cfg.teacher
     try:
         profile = profile_model(teacher.model, (t.in_channels, t.input_size, t.input_size))
@@ -98,6 +99,8 @@ def resolve_student(cfg: RunConfig, teacher: LoadedTeacher) -> tuple[nn.Module, 
     if s.name:
         plan = named_student(s.name, profile, t.num_classes, t.in_channels)
         s.ratio = plan.params / profile.params
+    elif s.spec is not None:  # a shape given as it is (or resumed): not searched again
+        plan = given_student(s.arch, s.spec, s.ratio, s.macs_ratio, profile, t.num_classes, t.in_channels)
     else:
         plan = plan_student(s.family, s.ratio, profile, t.num_classes, t.in_channels, s.macs_ratio)
     s.arch, s.spec, s.params = plan.arch, plan.spec, plan.params

@@ -39,7 +39,7 @@ def register_model(
 
 def _ensure_loaded() -> None:
     # Importing the architecture modules registers their constructors.
-    from compressor.models import cifar_resnet, small_cnn, student_mobilenet, student_resnet, torchvision_models  # noqa: F401
+    from compressor.models import cifar_resnet, cifar_vgg, small_cnn, student_mobilenet, student_resnet, torchvision_models  # noqa: F401
 
 
 def get_entry(name: str) -> ModelEntry:
