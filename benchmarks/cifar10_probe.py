@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg.steps = max(1, args.updates // k_s)
     cfg.eval.eval_every = max(1, cfg.steps // 5)
     started = time.time()
-    report = run(cfg, quiet=True).report
+    try:
+        report = run(cfg, quiet=True).report
+    except CompressorError as exc:  # e.g. a student spec that cannot be built: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"name": args.name, "overrides": overrides, "val_top1": report["student"]["accuracy"]["full"],
                       "curve": [(h["step"] * k_s, h.get("accuracy")) for h in report["history"]],
                       "wall_seconds": round(time.time() - started), "images_per_second": report["images_per_second"]}))

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch.nn as nn
+from pydantic import ValidationError
 
-from compressor.errors import CompressorError, first_line
+from compressor.errors import CompressorError, first_line, first_problem
 from compressor.model_stats import ModelProfile, SpatialSchedule, count_macs, count_params
 from compressor.models import create_model
 from compressor.models.student_mobilenet import MobileNetStudentSpec, mobilenet_body_cost, mobilenet_student_cost
@@ -249,11 +250,18 @@ def named_student(name: str, teacher: ModelProfile, num_classes: int, in_channel
         raise CompressorError(str(exc.args[0])) from None
     except TypeError:
         raise CompressorError(f"{name!r} cannot be built from a class count alone; name a registered architecture") from None
+    params, macs = _smaller_than_teacher(model, teacher, in_channels, f"student {name}")
+    return StudentPlan("named", name, {}, params, macs, params, macs)
+
+
+def _smaller_than_teacher(model: nn.Module, teacher: ModelProfile, in_channels: int, what: str) -> tuple[int, int]:
+    """A student taken as it is: its parameters and multiply-adds at the teacher's input size, refused unless it
+    has fewer parameters than the teacher (otherwise there is nothing to compress)."""
     size = teacher.schedule.input_size
     params, macs = count_params(model), count_macs(model, (in_channels, size, size))
     if params >= teacher.params:
-        raise CompressorError(f"student {name} has {params:,} parameters, not fewer than the teacher's {teacher.params:,}")
-    return StudentPlan("named", name, {}, params, macs, params, macs)
+        raise CompressorError(f"{what} has {params:,} parameters, not fewer than the teacher's {teacher.params:,}")
+    return params, macs
 
 
 def given_student(arch: str | None, spec: dict, ratio: float, macs_ratio: float | None, teacher: ModelProfile,
@@ -267,19 +275,18 @@ def given_student(arch: str | None, spec: dict, ratio: float, macs_ratio: float 
                               f"got {arch!r}")
     try:
         spec = _SPEC_TYPES[family](**spec).model_dump(mode="json")
-    except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+    except ValidationError as exc:
+        raise CompressorError(f"the student spec does not describe a {family} student: {first_problem(exc)}") from None
+    except TypeError as exc:  # not a mapping of settings
         raise CompressorError(f"the student spec does not describe a {family} student: {first_line(exc)}") from None
-    size = teacher.schedule.input_size
-    model = create_model(arch, num_classes=num_classes, in_channels=in_channels, spec=spec)
-    params, macs = count_params(model), count_macs(model, (in_channels, size, size))
-    if params >= teacher.params:
-        raise CompressorError(f"the given student has {params:,} parameters, not fewer than the teacher's {teacher.params:,}")
     try:
         planned = plan_student(family, ratio, teacher, num_classes, in_channels, macs_ratio)
     except CompressorError:
         planned = None
     if planned is not None and planned.spec == spec:
         return planned  # a resumed run: the plan, its budgets and its note
+    model = create_model(arch, num_classes=num_classes, in_channels=in_channels, spec=spec)
+    params, macs = _smaller_than_teacher(model, teacher, in_channels, "the given student")
     macs_ratio = ratio if macs_ratio is None else macs_ratio
     short = (f"the student's shape was given, not planned: it holds {params / teacher.params:.3f} of the teacher's "
              f"parameters, not the {ratio:g} the ratio allows" if params < MIN_FILL * int(ratio * teacher.params) else None)
