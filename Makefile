@@ -27,10 +27,10 @@ ifeq ($(CHROMIUM),)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 endif
 
-# The linter first (seconds), then the suite; TEST_WORKERS=2 runs it on two pytest-xdist processes, a test file to
-# each (not yet the default: on 2 cores the shared demo run outlasted its 600 s limit at one thread per worker).
+# The linter first (seconds), then the suite on two pytest-xdist processes, a test file to each, one thread each
+# (the shared demo run is made before they start, on both cores). TEST_WORKERS=0 runs it in this process alone.
 # The 25 slowest tests are listed at the end, so that a test that grows slow is seen.
-TEST_WORKERS ?= 0
+TEST_WORKERS ?= 2
 
 test: install browser
 	$(PY) -m ruff check .

@@ -1,6 +1,7 @@
 """Every user mistake: one clear line on stderr, a non-zero exit, no traceback."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -180,13 +181,15 @@ def test_a_student_export_that_fails_verification_is_an_error_and_keeps_no_verif
 
 
 def test_a_student_smaller_than_its_ratio_says_why_in_one_line_and_in_the_report(tmp_path, small_teacher):
-    """A ratio is a ceiling: a compute budget that binds first gives a smaller student, said once and recorded."""
+    """A ratio is a ceiling: a compute budget that binds first gives a smaller student, said once as the run
+    starts, once in its summary, and recorded. The first round's time and the estimate for the rest are said too."""
     out = tmp_path / "run"
-    proc = run_cli("--teacher", str(small_teacher), "--ratio", "0.3", "--macs-ratio", "0.1", "--steps", "1",
-                   "--batch-size", "8", "--no-onnx", "--out", str(out), "--quiet")
+    proc = run_cli("--teacher", str(small_teacher), "--ratio", "0.3", "--macs-ratio", "0.1", "--steps", "2",
+                   "--batch-size", "8", "--no-onnx", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^first round took [0-9.]+ s: about [0-9.]+ min for the 1 round left", proc.stdout, re.M), proc.stdout
     said = [line for line in proc.stdout.splitlines() if "compute budget binds first" in line]
-    assert len(said) == 1 and said[0].startswith("Smaller than asked:"), proc.stdout
+    assert [line.split(":")[0] for line in said] == ["note", "Smaller than asked"], proc.stdout  # at the start, in the summary
     report = json.loads((out / "report.json").read_text())
     assert report["params_ratio_reached"] == report["ratio"] < 0.97 * 0.3
     assert "compute budget binds first" in report["params_ratio_why"]

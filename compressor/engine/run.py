@@ -95,9 +95,9 @@ def train(ctx: RunContext, parts: Parts, steps: Steps, state: TrainState, evalua
                 checkpointed = state.step
             metrics.round_done()
             if state.step == first + 1 and cfg.steps > state.step:
-                took = time.time() - tic
-                metrics.announce(f"first round took {took:.1f} s: about {took * (cfg.steps - state.step) / 60:.1f} min "
-                                 f"for the {cfg.steps - state.step} rounds left, plus evaluation and export")
+                took, left = time.time() - tic, cfg.steps - state.step
+                metrics.announce(f"first round took {took:.1f} s: about {took * left / 60:.1f} min for the {left} "
+                                 f"round{'s' if left > 1 else ''} left, plus evaluation and export")
     except KeyboardInterrupt:
         metrics.close()
         if ctx.is_main:

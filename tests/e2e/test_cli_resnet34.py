@@ -44,15 +44,16 @@ def test_cli_on_random_resnet34_without_data(tmp_path):
 
 
 def test_headline_command_at_224px_with_the_default_batch_size(tmp_path):
-    """The README's command with nothing added but a short run: the batch size is chosen by a timed trial (on
-    2 CPU cores, 16: the whole 3-round command took 78 s and 3.5 GB, against 7.7 min and 9 GB at 128)."""
+    """The README's command with nothing added but a one-round run: the batch size is chosen by a timed trial (on
+    2 CPU cores, 16 or 32, against 7.7 min and 9 GB for a 3-round command at 128). One round at 224 px is a minute
+    and a half on 2 cores, three on one (a test worker's); the first round's estimate is checked on the digits."""
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet34(num_classes=100).state_dict(), tmp_path / "resnet34.pth")
     out = tmp_path / "run"
-    proc = run_cli("--teacher", str(tmp_path / "resnet34.pth"), "--ratio", "0.1", "--steps", "2", "--out", str(out),
+    proc = run_cli("--teacher", str(tmp_path / "resnet34.pth"), "--ratio", "0.1", "--steps", "1", "--out", str(out),
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "(auto:" in proc.stdout and "first round took" in proc.stdout
+    assert "(auto:" in proc.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["batch_size_auto"]["batch_size"] == report["batch_size"]
     assert json.loads((out / "config.json").read_text())["teacher"]["input_size"] == 224

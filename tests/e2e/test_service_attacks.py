@@ -206,9 +206,9 @@ def _compressor(srv: LocalServer) -> psutil.Process:
 
 def test_a_killed_compressor_is_resumed_from_its_checkpoint(server, demo_run):
     teacher = (demo_run / "teacher.pth").read_bytes()
-    job = submit(server, teacher, ratio=0.1, steps=40, eval_every=5).json()["job_id"]
+    job = submit(server, teacher, ratio=0.1, steps=20, eval_every=4).json()["job_id"]
     last = RunPaths(server.log_path.parent / "jobs" / job / "run").last  # in start_server's jobs folder
-    wait_for(lambda: last.is_file() and job_status(server, job)["progress"]["step"] >= 12, 300, "a checkpoint")
+    wait_for(lambda: last.is_file() and job_status(server, job)["progress"]["step"] >= 9, 300, "a checkpoint")
     _compressor(server).kill()
     at = checkpoint_step(last)
     view = wait_for(lambda: (v := job_status(server, job))["status"] in ("succeeded", "failed") and v, 300, "the job")
@@ -245,8 +245,8 @@ def test_a_full_disk_pauses_a_job_and_it_resumes_when_space_is_free(tmp_path, de
         pytest.skip("cannot mount a small tmpfs here (not root, or no CAP_SYS_ADMIN)")
     srv = start_server(tmp_path, demo_run / "student.onnx", COMPRESSOR_JOBS_DIR=str(jobs))
     try:
-        job = submit(srv, (demo_run / "teacher.pth").read_bytes(), ratio=0.1, steps=40, eval_every=5).json()["job_id"]
-        wait_for(lambda: job_status(srv, job)["progress"]["step"] >= 10, 300, "the job to run")
+        job = submit(srv, (demo_run / "teacher.pth").read_bytes(), ratio=0.1, steps=20, eval_every=4).json()["job_id"]
+        wait_for(lambda: job_status(srv, job)["progress"]["step"] >= 6, 300, "the job to run")
         compressor = _compressor(srv)
         filler = _fill(jobs)  # its log is on the full disk too: the exit status says what happened
         wait_for(lambda: not compressor.is_running() or compressor.status() == psutil.STATUS_ZOMBIE, 120,
