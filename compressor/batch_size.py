@@ -1,8 +1,10 @@
 """`--batch-size auto`: the largest power of two that fits in memory and still makes synthesis faster.
 
-Each candidate runs one timed trial round (a generator step and a student step, forward and backward) after
-an untimed warm-up; doubling stops at the first out-of-memory error, when the next size would not fit in the
-memory left (CUDA: the device's free memory; CPU: the machine's available memory, from the peak resident
+Each candidate runs one timed trial round (a generator step and a student step, forward and backward). On CUDA
+each is preceded by an untimed warm-up, since cuDNN tunes its kernels for every new shape; on the CPU only the
+first is, for the one-time set-up a process pays (nothing there is tuned per shape): the trials are the
+slowest part of a short run's start at 224 px. Doubling stops at the first out-of-memory error, when the next
+size would not fit in the memory left (CUDA: the device's free memory; CPU: the machine's available memory, from the peak resident
 size a trial added), or when images per second rose by less than 10 %. The caller restores every weight
 and random state a trial touched, so choosing a batch size changes nothing else about the run.
 """
@@ -44,7 +46,8 @@ def choose_batch_size(trial: Callable[[int], None], device: torch.device, start:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             rss_before = _peak_rss_bytes()
-            trial(size)  # warm-up: allocator, cuDNN's autotuning
+            if device.type == "cuda" or not trials:
+                trial(size)  # warm-up: cuDNN's autotuning for this shape; the process's first-call set-up
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             tic = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -72,10 +73,13 @@ def start(world: World, device: torch.device, timeout_s: float = 1800) -> torch.
 def stop(together: bool = True) -> None:
     """Leave the process group. `together`: first wait for every rank (rank 0 finishes its evaluation and export
     while the others are done), since a rank tearing its connections down early can abort a peer still using
-    them. Not after Ctrl-C, when ranks may be anywhere."""
+    them. Not after Ctrl-C, when ranks may be anywhere. What still holds the group (a finished run's DDP wrapper,
+    in a reference cycle) is collected first: a gloo group last freed during interpreter shutdown can abort the
+    process (exit -6 after a completed run, seen once under load)."""
     if dist.is_available() and dist.is_initialized():
         if together and dist.get_world_size() > 1:
             dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 

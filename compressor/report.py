@@ -55,17 +55,23 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], title: str, path:
 
 
 def plot_samples(pixels: torch.Tensor, classes: torch.Tensor, class_names: list[str], path: Path) -> None:
-    n = min(32, len(pixels))
-    cols = 8
+    """Up to 32 images as one mosaic on one set of axes, each titled with the teacher's class: one image drawn
+    once, where 32 subplots laid out by tight_layout took about 2 s of every run's finish on a CPU core."""
+    n, cols = min(32, len(pixels)), 8
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5))
-    for i, ax in enumerate(np.atleast_1d(axes).flat):
-        ax.axis("off")
-        if i >= n:
-            continue
-        img = pixels[i].permute(1, 2, 0).numpy()
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=1)
-        ax.set_title(class_names[int(classes[i])][:12], fontsize=7)
+    _, h, w = pixels.shape[1:]
+    gap_x, gap_y = max(2, w // 8), max(2, h // 3)  # room between tiles, and above each for its title
+    tiles = pixels[:n].permute(0, 2, 3, 1).clamp(0, 1).numpy()
+    grey = tiles.shape[-1] == 1
+    mosaic = np.ones((rows * (h + gap_y), cols * (w + gap_x), tiles.shape[-1]), dtype=np.float32)
+    fig, ax = plt.subplots(figsize=(cols * 1.3, rows * 1.5))
+    for i in range(n):
+        top, left = (i // cols) * (h + gap_y) + gap_y, (i % cols) * (w + gap_x)
+        mosaic[top:top + h, left:left + w] = tiles[i]
+        ax.text(left + w / 2, top - 1, class_names[int(classes[i])][:12], ha="center", va="bottom", fontsize=7)
+    ax.imshow(mosaic[..., 0] if grey else mosaic, cmap="gray" if grey else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.axis("off")
     fig.suptitle("synthetic images, titled with the teacher's class", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -11,9 +11,11 @@ import time
 import pytest
 import torch
 
+from compressor.__main__ import main
 from compressor.models import create_model
 from compressor.run_folder import RunPaths
 from tests.conftest import ROOT, run_cli
+from tests.helpers import main_in_process
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +25,11 @@ def small_teacher(tmp_path_factory):
     return path
 
 
-def _assert_one_line_error(proc, pattern: str):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+def _assert_one_line_error(status: int, stderr: str, pattern: str):
+    assert status == 2, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert pattern in lines[0], lines[0]
 
 
@@ -59,9 +61,11 @@ def _assert_one_line_error(proc, pattern: str):
          "invalid setting: choose --compile or --cuda-graphs, not both"),
     ],
 )
-def test_bad_input(tmp_path, small_teacher, args, pattern):
+def test_bad_input(tmp_path, small_teacher, args, pattern, monkeypatch, capsys):
+    """In this process (the unreadable dataset and the malicious checkpoint below run `python -m compressor`)."""
+    monkeypatch.chdir(tmp_path)
     args = [a.format(t=small_teacher, tmp=tmp_path) for a in args]
-    _assert_one_line_error(run_cli(*args, "--quiet", cwd=tmp_path), pattern)
+    _assert_one_line_error(*main_in_process(main, [*args, "--quiet"], capsys), pattern)
 
 
 def test_an_unreadable_dataset_is_one_line_not_a_traceback(tmp_path, small_teacher):
@@ -69,12 +73,12 @@ def test_an_unreadable_dataset_is_one_line_not_a_traceback(tmp_path, small_teach
     broken = tmp_path / "cifar.tar.gz"
     broken.write_bytes(b"\x1f\x8b" + b"not the rest of a gzip stream")
     proc = run_cli("--teacher", str(small_teacher), "--ratio", "0.1", "--dataset", str(broken), "--quiet", cwd=tmp_path)
-    _assert_one_line_error(proc, f"{broken} could not be unpacked as a tar archive")
+    _assert_one_line_error(proc.returncode, proc.stderr, f"{broken} could not be unpacked as a tar archive")
     folder = tmp_path / "images" / "cat"
     folder.mkdir(parents=True)
     (folder / "0.jpg").write_text("a note saved with the wrong name")
     proc = run_cli("--teacher", str(small_teacher), "--ratio", "0.1", "--dataset", str(folder.parent), "--quiet", cwd=tmp_path)
-    _assert_one_line_error(proc, f"{folder / '0.jpg'} is not a readable image")
+    _assert_one_line_error(proc.returncode, proc.stderr, f"{folder / '0.jpg'} is not a readable image")
     assert not [p for p in tmp_path.glob("runs/**/*") if p.is_file()]  # no checkpoint, no report
 
 
@@ -83,7 +87,8 @@ def test_malicious_checkpoint_exits_2_and_runs_nothing(tmp_path):
     code = (f"import os, pickle\nclass E:\n    def __reduce__(self):\n        return (os.system, ('touch {marker}',))\n"
             f"pickle.dump(E(), open('{tmp_path}/evil.pth', 'wb'))\n")
     subprocess.run([sys.executable, "-c", code], check=True)
-    _assert_one_line_error(run_cli("--teacher", str(tmp_path / "evil.pth"), "--ratio", "0.1", cwd=tmp_path), "refusing")
+    proc = run_cli("--teacher", str(tmp_path / "evil.pth"), "--ratio", "0.1", cwd=tmp_path)
+    _assert_one_line_error(proc.returncode, proc.stderr, "refusing")
     assert not marker.exists()
 
 
