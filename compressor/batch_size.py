@@ -2,10 +2,10 @@
 
 Each candidate runs one timed trial round (a generator step and a student step, forward and backward). On CUDA
 each is preceded by an untimed warm-up, since cuDNN tunes its kernels for every new shape; on the CPU only the
-first is, for the one-time set-up a process pays (nothing there is tuned per shape): the trials are the
-slowest part of a short run's start at 224 px. Doubling stops at the first out-of-memory error, when the next
-size would not fit in the memory left (CUDA: the device's free memory; CPU: the machine's available memory, from the peak resident
-size a trial added), or when images per second rose by less than 10 %. The caller restores every weight
+first is, for the one-time set-up a process pays (nothing there is tuned per shape, and at 224 px each trial
+round is seconds of work). Doubling stops at the first out-of-memory error, when the next size would not fit in
+the memory left (CUDA: the device's free memory; CPU: the machine's available memory, from the peak
+resident size a trial added), or when images per second rose by less than 10 %. The caller restores every weight
 and random state a trial touched, so choosing a batch size changes nothing else about the run.
 """
 from __future__ import annotations
