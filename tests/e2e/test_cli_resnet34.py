@@ -45,8 +45,8 @@ def test_cli_on_random_resnet34_without_data(tmp_path):
 
 def test_headline_command_at_224px_with_the_default_batch_size(tmp_path):
     """The README's command with nothing added but a one-round run: the batch size is chosen by a timed trial (on
-    2 CPU cores, 16 or 32, against 7.7 min and 9 GB for a 3-round command at 128). One round at 224 px is a minute
-    and a half on 2 cores, three on one (a test worker's); the first round's estimate is checked on the digits."""
+    2 CPU cores, 16 or 32, against 7.7 min and 9 GB for a 3-round command at 128). One round at 224 px took 89 s
+    on 2 cores at batch 32; the first round's estimate is checked on a digits-sized run instead."""
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet34(num_classes=100).state_dict(), tmp_path / "resnet34.pth")
     out = tmp_path / "run"
