@@ -48,6 +48,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "cifar10_gpu.json"
 # The warm-up and the trial are sized in student steps, not rounds: at k = 160 a 40-round trial would spend
 # minutes of a 15-minute lease timing what 8 rounds time as well. At the default k = 10 they stay 5 and 40 rounds.
 WARM_UP_STUDENT_STEPS, TRIAL_STUDENT_STEPS = 50, 400
+# --tiny is a dry run on the CPU: it checks that the trial and the run fitted to it work, not what they time.
+TINY_WARM_UP_AND_TRIAL_ROUNDS = (1, 4)
 
 
 def warm_up_and_trial_rounds(student_steps: int) -> tuple[int, int]:
@@ -158,7 +160,8 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     eval_npz = npz_of(evaluated, data.class_names, args.work_dir / f"{args.eval_on}.npz")
     # A few rounds first, so that cuDNN's autotuning and the first allocations are behind us: timed together with
     # the trial they made one H200 trial read 696 ms per round where the run then took 349.
-    warm_up_rounds, trial_rounds = warm_up_and_trial_rounds(args.method.round[1])
+    warm_up_rounds, trial_rounds = (TINY_WARM_UP_AND_TRIAL_ROUNDS if args.tiny
+                                    else warm_up_and_trial_rounds(args.method.round[1]))
     run(distill_config(args, teacher, args.work_dir / "warm-up", warm_up_rounds, eval_npz), quiet=True)
     trial = run(distill_config(args, teacher, args.work_dir / "trial", trial_rounds, eval_npz), quiet=True).report
     # Rounds and evaluations are timed apart: the trial evaluates (and checkpoints) --eval-points times in 40

@@ -31,8 +31,8 @@ def test_quick_benchmark_writes_results_and_default_beats_dfad(tmp_path):
         assert result[key]
     assert (tmp_path / "results" / "accuracy_vs_steps_0.2_quick.png").exists()
     acc = {n: c["accuracy"]["full"] for n, c in result["contenders"].items()}
-    # Seeded run: the seed's DFAD stays near chance (10 %) while the default method learns (10.5 % and 26.0 % here;
-    # at the protocol's batch of 128, 10.6 % and 24.6 %, in more time).
+    # Seeded run: the seed's DFAD stays near chance (10 %) while the default method learns (8.95 % and 20.95 % here,
+    # on one thread, from the kept quick teacher).
     assert acc["default"] > acc["dfad"] + 0.04, acc
 
 
@@ -80,8 +80,8 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     # and per evaluation (never fewer rounds than the trial's).
     trial = result["trial"]
     assert trial["seconds_per_round"] > 0 and trial["seconds_per_evaluation"] > 0
-    assert (trial["warm_up_rounds"], trial["rounds"]) == (5, 40)  # k = 3: at most 5 and 40 rounds
-    expected = max(40, int((0.95 * 0.2 * 60 - 3 * trial["seconds_per_evaluation"]) / trial["seconds_per_round"]))
+    assert (trial["warm_up_rounds"], trial["rounds"]) == (1, 4)  # --tiny's: a dry run's trial, not a timing
+    expected = max(4, int((0.95 * 0.2 * 60 - 3 * trial["seconds_per_evaluation"]) / trial["seconds_per_round"]))
     assert student["rounds"] == expected and student["student_updates"] == 3 * expected  # --method's k, not the default 10
     assert student["method"] == json.loads(method)
     # The curve was measured on the validation split (10 % of the 1,000-image train subset), test/ never written.
