@@ -137,9 +137,9 @@ QUICK_TEACHER = TEACHER_DIR / "cifar10_resnet8_quick.pth"
 def _quick_setup(data: LabelledData, device: torch.device) -> tuple[Path, LabelledData]:
     """--quick: a ResNet-8 teacher trained for 400 updates on 5,000 train images, a 2,000-image test set.
 
-    The teacher is kept in benchmarks/teachers/ (300 KB, with a JSON of how it was made): training it took a
-    minute of every quick run, the test suite's included. Where it is missing it is trained here and kept; the
-    bits depend on the thread count, and the kept one was trained on 2 threads.
+    The teacher is kept in benchmarks/teachers/ (334 KB, with a JSON of how it was made), so that a quick run, the
+    test suite's included, spends its time on the contenders instead of retraining the same teacher. Where it is
+    missing it is trained here and kept; its bits depend on the thread count, and the kept one had 2 threads.
     """
     small = LabelledData(data.name, data.class_names, per_class_subset(data.train, 500, 0), per_class_subset(data.test, 200, 0))
     if not QUICK_TEACHER.exists():
