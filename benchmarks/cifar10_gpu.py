@@ -123,6 +123,7 @@ def method_settings(text: str) -> MethodSettings:
 
 
 def _benchmark(args, started: float, argv: list[str] | None) -> int:
+    """The teacher, the timed trial, the run fitted to the budget: the result file is written after each."""
     device = resolve_device(args.device)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +140,32 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     print(f"[{time.time() - started:5.0f} s] data loaded: {len(data.train.labels):,} train, {len(data.test.labels):,} test",
           flush=True)
 
+    teacher = _teacher_file(args, data, command)
+    info_path = teacher.with_suffix(".json")
+    result["teacher"] = json.loads(info_path.read_text()) if info_path.is_file() else {"path": str(teacher)}
+    result["teacher"].pop("log", None)
+    save()
+
+    evaluated = validation_split(data.train) if args.eval_on == "val" else data.test
+    eval_npz = npz_of(evaluated, data.class_names, args.work_dir / f"{args.eval_on}.npz")
+    rounds, result["trial"] = _rounds_for_budget(args, teacher, eval_npz, started)
+    save()
+
+    report = run(distill_config(args, teacher, args.work_dir / "run", rounds, eval_npz), quiet=True).report
+    result["student"] = _student_record(args, report, rounds)
+    result["wall_seconds"] = time.time() - started
+    save()
+    t_acc = result["teacher"].get("accuracy", {}).get("full")
+    print(f"teacher {args.teacher_arch}: {100 * t_acc:.2f} %" if t_acc is not None else "teacher: accuracy unknown")
+    where = "test/" if args.eval_on == "test" else "the validation split"
+    student = report["student"]
+    print(f"student {student['arch']} ({student['params']:,} params): {100 * student['accuracy']['full']:.2f} % on {where} "
+          f"after {rounds} rounds in {report['wall_seconds'] / 60:.1f} min on {result['device']}; written {args.out}")
+    return 0
+
+
+def _teacher_file(args, data: LabelledData, command: str) -> Path:
+    """--teacher, else the kept one (never for --tiny or --train-teacher), else one trained now on `data`."""
     teacher = args.teacher
     kept = TEACHER_DIR / f"cifar10_{args.teacher_arch}.pth"
     if teacher is None and kept.is_file() and not (args.tiny or args.train_teacher):
@@ -151,13 +178,11 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
         train_teacher(teacher_args, data, command)
     elif not teacher.is_file():
         raise CompressorError(f"no teacher at {teacher}")
-    info_path = teacher.with_suffix(".json")
-    result["teacher"] = json.loads(info_path.read_text()) if info_path.is_file() else {"path": str(teacher)}
-    result["teacher"].pop("log", None)
-    save()
+    return teacher
 
-    evaluated = validation_split(data.train) if args.eval_on == "val" else data.test
-    eval_npz = npz_of(evaluated, data.class_names, args.work_dir / f"{args.eval_on}.npz")
+
+def _rounds_for_budget(args, teacher: Path, eval_npz: Path, started: float) -> tuple[int, dict]:
+    """The rounds that fit the budget at the trial's measured speed, and the trial's record."""
     # A few rounds first, so that cuDNN's autotuning and the first allocations are behind us: timed together with
     # the trial they made one H200 trial read 696 ms per round where the run then took 349.
     warm_up_rounds, trial_rounds = (TINY_WARM_UP_AND_TRIAL_ROUNDS if args.tiny
@@ -177,13 +202,14 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     rounds = max(trial_rounds, int((0.95 * budget - evaluations * seconds_per_evaluation) / seconds_per_round))
     print(f"[{time.time() - started:5.0f} s] {1000 * seconds_per_round:.0f} ms per round, "
           f"{seconds_per_evaluation:.2f} s per evaluation: {rounds} rounds for {budget / 60:.1f} min", flush=True)
-    result["trial"] = {"rounds": trial_rounds, "warm_up_rounds": warm_up_rounds, "seconds_per_round": seconds_per_round,
-                       "seconds_per_evaluation": seconds_per_evaluation}
-    save()
+    return rounds, {"rounds": trial_rounds, "warm_up_rounds": warm_up_rounds, "seconds_per_round": seconds_per_round,
+                    "seconds_per_evaluation": seconds_per_evaluation}
 
-    report = run(distill_config(args, teacher, args.work_dir / "run", rounds, eval_npz), quiet=True).report
+
+def _student_record(args, report: dict, rounds: int) -> dict:
+    """What the result file keeps of the run's report."""
     student = report["student"]
-    result["student"] = {
+    return {
         "arch": student["arch"], "params": student["params"], "evaluated_on": args.eval_on,
         # test/'s fixed 10 % and 20 % subsets mean nothing on the validation split: its figure is the whole split's
         "accuracy": student["accuracy"] if args.eval_on == "test" else {"full": student["accuracy"]["full"]},
@@ -195,14 +221,6 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
         "images_per_second": report["images_per_second"], "compile": report["compile"],
         "cuda_graphs": report["cuda_graphs"],
     }
-    result["wall_seconds"] = time.time() - started
-    save()
-    t_acc = result["teacher"].get("accuracy", {}).get("full")
-    print(f"teacher {args.teacher_arch}: {100 * t_acc:.2f} %" if t_acc is not None else "teacher: accuracy unknown")
-    where = "test/" if args.eval_on == "test" else "the validation split"
-    print(f"student {student['arch']} ({student['params']:,} params): {100 * student['accuracy']['full']:.2f} % on {where} "
-          f"after {rounds} rounds in {report['wall_seconds'] / 60:.1f} min on {result['device']}; written {args.out}")
-    return 0
 
 
 if __name__ == "__main__":
