@@ -56,7 +56,7 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], title: str, path:
 
 def plot_samples(pixels: torch.Tensor, classes: torch.Tensor, class_names: list[str], path: Path) -> None:
     """Up to 32 images as one mosaic on one set of axes, each titled with the teacher's class: one image drawn
-    once, where 32 subplots laid out by tight_layout took 1.1-1.5 s of every run's finish."""
+    once, since 32 subplots laid out by tight_layout cost every run's finish several times as much."""
     n, cols = min(32, len(pixels)), 8
     rows = (n + cols - 1) // cols
     _, h, w = pixels.shape[1:]
