@@ -114,6 +114,9 @@ class StudentConfig(Strict):
     arch: str | None = None  # resolved by the budget search
     spec: dict | None = None  # resolved by the search; given (with arch), the student is built as it is
     params: int | None = None
+    # "teacher": a residual student of a ResNet teacher starts from the teacher's strongest channels and blocks
+    # (compressor.student_init); any other pair, or "random", starts from random weights.
+    init: Literal["random", "teacher"] = "random"
 
     @field_validator("ratio")
     @classmethod

@@ -16,6 +16,7 @@ from compressor.generator import Generator
 from compressor.methods import Method, create_method
 from compressor.model_stats import ModelProfile, count_macs, profile_model
 from compressor.models import get_entry, list_models
+from compressor.student_init import inherit_teacher_weights
 from compressor.students import StudentPlan, given_student, named_student, plan_student
 from compressor.teachers import LoadedTeacher, load_teacher
 
@@ -115,6 +116,8 @@ def build(ctx: RunContext) -> Parts:
     loaded = resolve_teacher(cfg)
     data = load_eval_data(cfg)
     student, plan, profile = resolve_student(cfg, loaded)
+    if cfg.student.init == "teacher" and (why_not := inherit_teacher_weights(student, loaded.model)):
+        ctx.warn(f"the student starts from random weights: {why_not}")
     t = cfg.teacher
     t.class_names = t.class_names or [str(i) for i in range(t.num_classes)]
     teacher = loaded.model.to(device).eval()
