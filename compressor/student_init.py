@@ -40,11 +40,20 @@ class _ResNetView:
     head: nn.Linear
 
 
+def _is_torchvision_basic_block(module: nn.Module) -> bool:
+    """Told by name: importing torchvision to ask would add seconds to every run that has no use for it."""
+    return type(module).__name__ == "BasicBlock" and type(module).__module__ == "torchvision.models.resnet"
+
+
 def _block(module: nn.Module) -> _Block | None:
-    names = ("conv1", "bn1", "conv2", "bn2")
-    if hasattr(module, "conv3") or not all(hasattr(module, n) for n in names):
-        return None  # a bottleneck, or no residual block at all
-    short = getattr(module, "shortcut", None) if isinstance(module, CifarBasicBlock) else getattr(module, "downsample", None)
+    """The block's layers, for post-activation basic blocks only (conv, BN, ReLU, conv, BN, add): a pre-activation
+    block (WideResNet's) has layers of the same names whose BatchNorms sit elsewhere."""
+    if isinstance(module, CifarBasicBlock):
+        short = module.shortcut
+    elif _is_torchvision_basic_block(module):
+        short = module.downsample
+    else:
+        return None
     shortcut = (short[0], short[1]) if short is not None and len(short) == 2 else None
     return _Block(module.conv1, module.bn1, module.conv2, module.bn2, shortcut)
 

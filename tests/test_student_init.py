@@ -67,7 +67,8 @@ def test_a_narrower_student_takes_the_teachers_strongest_channels_and_blocks():
     (lambda: create_model("vgg8_cifar", num_classes=10), lambda: _student((8, 16, 32), (1, 1, 1), CIFAR_SHAPE)),
     (lambda: create_model("resnet20", num_classes=10), lambda: _student((32, 32, 64), (1, 1, 1), CIFAR_SHAPE)),
     (lambda: create_model("resnet20", num_classes=10), lambda: _student((8, 16, 32, 64), (1, 1, 1, 1), TORCHVISION_SHAPE)),
-], ids=["vgg-teacher", "wider-than-the-teacher", "more-stages"])
+    (lambda: create_model("wrn_16_2", num_classes=10), lambda: _student((8, 16, 32), (1, 1, 1), CIFAR_SHAPE)),
+], ids=["vgg-teacher", "wider-than-the-teacher", "more-stages", "pre-activation-teacher"])
 def test_a_pair_that_does_not_fit_is_left_as_it_was_with_the_reason(teacher, student):
     teacher, student = teacher(), student()
     before = {k: v.clone() for k, v in student.state_dict().items()}
