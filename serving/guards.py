@@ -22,6 +22,7 @@ import asyncio
 import hmac
 import json
 import time
+from collections.abc import Callable
 
 from serving.images import release_memory
 from serving.settings import ServingSettings
@@ -75,9 +76,10 @@ RELEASE_AFTER_BYTES = 8 * 1024 * 1024  # a request that held more than this hand
 
 
 class Gatekeeper:
-    def __init__(self, app, settings: ServingSettings | None = None) -> None:
+    def __init__(self, app, settings: ServingSettings | None = None, model_ready: Callable[[], bool] | None = None) -> None:
         self.app = app
         self.settings = settings or current_settings()
+        self.model_ready = model_ready  # given, /readyz is answered here in full (see `refusal`)
         self.buffered = 0  # bytes of request bodies being held, all requests together (one event loop: no lock)
 
     def limit_for(self, path: str) -> int:
@@ -112,8 +114,14 @@ class Gatekeeper:
         if path == "/readyz":  # BentoML's answer is a bare 503; say what is wrong where we know it
             supervisor = current_supervisor()
             problem = supervisor.problem() if supervisor else None
+            if problem is None and self.model_ready is not None and not self.model_ready():
+                problem = "the served model is still loading"
             if problem:
                 return 503, {"error": problem}, [(b"retry-after", b"5")]
+            if supervisor is not None and self.model_ready is not None:
+                # Answered from this one look: BentoML's own check, a moment later, could see a worker that has just
+                # been killed and answer a bare-text 503.
+                return 200, {"status": "ready"}, []
 
         if _needs_token(path):
             token = self.settings.token

@@ -51,4 +51,4 @@ class Compressor:
         self.worker.stop()
 
 
-Compressor.add_asgi_middleware(Gatekeeper)
+Compressor.add_asgi_middleware(Gatekeeper, model_ready=MODEL.ready)
