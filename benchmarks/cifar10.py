@@ -28,6 +28,7 @@ from compressor.errors import CompressorError
 from compressor.evaluate import evaluate_splits
 from compressor.model_stats import count_params, profile_model
 from compressor.models import create_model
+from compressor.student_init import inherit_teacher_weights
 from compressor.students import plan_student
 from compressor.supervised import train_classifier
 from compressor.teachers import load_teacher
@@ -124,6 +125,10 @@ def train_teacher(args: argparse.Namespace, data: LabelledData | None = None, co
 
 
 CONTENDERS = ("dfad", "default", "kd-real", "scratch")
+# Run on request beside the protocol's four: the default method with its student from random weights (what the
+# default was before the student started from its teacher), and kd-real with its student from the teacher's
+# weights (what the same start does for distillation on real images, so the two starts are compared fairly).
+EXTRA_CONTENDERS = ("default-random-init", "kd-real-teacher-init")
 
 
 def per_class_subset(split: Split, per_class: int, seed: int) -> Split:
@@ -170,15 +175,18 @@ def _accuracy_on(model: nn.Module, test: Split, device: torch.device) -> dict[st
     return top1
 
 
-def run_data_free(method: str, teacher: Path, test_npz: Path, ratio: float, args, out: Path) -> dict:
+def run_data_free(name: str, teacher: Path, test_npz: Path, ratio: float, args, out: Path) -> dict:
+    method = "dfad" if name == "dfad" else "default"
     preset = "seed" if method == "dfad" else "default"
     fields = {**preset_overrides(preset)}
     fields["method"] = fields.get("method", MethodSettings()).model_copy(update={"name": method})
+    if name == "default-random-init":
+        fields["student"] = {**fields.get("student", {}), "init": "random"}
     k = fields["method"].round[1]
     steps = max(1, args.student_steps // k)
     cfg = RunConfig(
         out_dir=str(out), preset=preset, teacher=TeacherConfig(path=str(teacher)),
-        student=StudentConfig(family=args.student, ratio=ratio),
+        student=StudentConfig(family=args.student, ratio=ratio, **fields.pop("student", {})),
         eval=EvalConfig(dataset=str(test_npz), eval_every=max(1, steps // args.eval_points)),
         steps=steps, batch_size=args.batch_size, seed=args.seed, device=args.device,
         export_onnx=False, **{name: v for name, v in fields.items() if name not in ("batch_size", "steps")},
@@ -189,6 +197,7 @@ def run_data_free(method: str, teacher: Path, test_npz: Path, ratio: float, args
     report = run(cfg, quiet=args.quiet).report
     return {
         "params": report["student"]["params"],
+        "student_init": report["student"]["init"],
         "student_steps": report["student_updates"],
         "batch_size": cfg.batch_size,
         "wall_seconds": report["wall_seconds"],
@@ -204,6 +213,8 @@ def run_real(kind: str, teacher_model: nn.Module, data: LabelledData, ratio: flo
     torch.manual_seed(args.seed)
     plan = plan_student(args.student, ratio, profile_model(teacher_model, (3, 32, 32)), 10, 3)
     student = plan.build(10, 3)
+    if kind == "kd-real-teacher-init" and (why_not := inherit_teacher_weights(student, teacher_model)):
+        raise CompressorError(f"{kind}: {why_not}")
     curve: list[list] = []
     test_full = {"full": torch.arange(len(data.test.labels))}
 
@@ -214,11 +225,12 @@ def run_real(kind: str, teacher_model: nn.Module, data: LabelledData, ratio: flo
     started = time.time()
     train_classifier(student, data.train, CIFAR_MEAN, CIFAR_STD, steps=args.student_steps, batch_size=args.batch_size,
                      lr=0.1, pad=4, flip=True, seed=args.seed, device=device,
-                     teacher=teacher_model.to(device) if kind == "kd-real" else None, temperature=4.0,
+                     teacher=teacher_model.to(device) if kind.startswith("kd-real") else None, temperature=4.0,
                      eval_every=max(1, args.student_steps // args.eval_points), on_eval=record)
     wall = time.time() - started
     return {
-        "params": plan.params, "student_steps": args.student_steps, "batch_size": args.batch_size,
+        "params": plan.params, "student_init": "teacher" if kind.endswith("teacher-init") else "random",
+        "student_steps": args.student_steps, "batch_size": args.batch_size,
         "wall_seconds": wall, "images_per_second": None,
         "accuracy": _accuracy_on(student, data.test, device), "curve": curve,
     }
@@ -263,17 +275,18 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {name} | {c['params']:,} | {c['student_steps']:,} | {c['batch_size']} | {100 * a['full']:.2f} % | "
                      f"{100 * a['test_20']:.2f} % | {100 * a['test_10']:.2f} % | {c['wall_seconds'] / 60:.1f} min | {ips} |")
     c = result["contenders"]
-    if "default" in c and "kd-real" in c:
-        lines += ["", "default / kd-real (full test set): "
-                      f"**{c['default']['accuracy']['full'] / c['kd-real']['accuracy']['full']:.3f}**"]
+    for reference in ("kd-real", "kd-real-teacher-init"):
+        if "default" in c and reference in c:
+            lines += ["", f"default / {reference} (full test set): "
+                          f"**{c['default']['accuracy']['full'] / c[reference]['accuracy']['full']:.3f}**"]
     return "\n".join(lines) + "\n"
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = set(contenders) - set(CONTENDERS)
+    unknown = set(contenders) - set(CONTENDERS + EXTRA_CONTENDERS)
     if unknown:
-        raise CompressorError(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
+        raise CompressorError(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS + EXTRA_CONTENDERS)}")
     try:
         ratios = [float(r) for r in args.ratios.split(",")]
     except ValueError:
@@ -308,7 +321,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
             "date": date.today().isoformat(), "command": command,
         }
         for name in contenders:
-            if name in ("dfad", "default"):
+            if name in ("dfad", "default", "default-random-init"):
                 outcome = run_data_free(name, teacher_path, test_npz, ratio, args, work / f"r{ratio}-{name}")
             else:
                 outcome = run_real(name, teacher.model, data, ratio, args, device)
@@ -341,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="compare the contenders on one teacher, per ratio")
     r.add_argument("--ratios", default="0.1,0.2")
     r.add_argument("--student-steps", type=int, default=2000, help="student updates per contender")
-    r.add_argument("--contenders", default=",".join(CONTENDERS))
+    r.add_argument("--contenders", default=",".join(CONTENDERS), help=f"also: {', '.join(EXTRA_CONTENDERS)}")
     r.add_argument("--student", default="auto", choices=["auto", "resnet", "mobilenet"])
     r.add_argument("--batch-size", type=int, default=128)
     r.add_argument("--eval-points", type=int, default=10, help="accuracy measurements along each curve")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, get_args
 from pydantic import ValidationError
 
 from compressor import distributed
-from compressor.config import NAMED_DATASETS, RUN_PRESETS, MethodSettings, RunConfig, TeacherConfig, preset_overrides
+from compressor.config import NAMED_DATASETS, RUN_PRESETS, MethodSettings, RunConfig, StudentInit, TeacherConfig, preset_overrides
 from compressor.errors import CompressorError, disk_full, first_problem
 from compressor.methods import METHODS
 from compressor.run_folder import RunPaths
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="student family (default auto: shaped like the teacher, depthwise for MobileNet/EfficientNet)")
     p.add_argument("--student-arch", metavar="NAME",
                    help="a registered architecture (e.g. wrn_16_1) as the student, instead of one planned for --ratio")
+    p.add_argument("--student-init", choices=list(get_args(StudentInit)),
+                   help="where the student's weights start (default auto: the teacher's strongest channels and blocks "
+                        "where student and teacher are post-activation ResNets, random weights otherwise)")
     p.add_argument("--batch-size", type=_batch_size,
                    help="synthetic images per step, or 'auto' (the default: largest that fits and still speeds up)")
     p.add_argument("--generator-steps", type=int, metavar="G", help="generator updates per round (default: the method's)")
@@ -110,8 +113,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     fields["out_dir"] = out
     fields["teacher"] = TeacherConfig(path=args.teacher, arch=args.arch, input_size=args.input_size, mean=args.mean,
                                       std=args.std, trust_code=args.trust_code)
-    fields["student"] = {"macs_ratio": args.macs_ratio, **{k: v for k, v in {
-        "ratio": args.ratio, "family": args.student, "name": args.student_arch}.items() if v is not None}}
+    fields["student"] = {**fields.get("student", {}), "macs_ratio": args.macs_ratio, **{k: v for k, v in {
+        "ratio": args.ratio, "family": args.student, "name": args.student_arch,
+        "init": args.student_init}.items() if v is not None}}
     method = fields.get("method", MethodSettings())
     fields["method"] = method.model_copy(update={"name": method_name, **{k: v for k, v in {
         "generator_steps": args.generator_steps, "student_steps": args.student_steps}.items() if v is not None}})

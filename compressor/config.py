@@ -104,6 +104,9 @@ class TeacherConfig(Strict):
     trust_code: bool = False  # allow TorchScript archives (code that runs as it loads); never set for uploads
 
 
+StudentInit = Literal["auto", "random", "teacher"]
+
+
 class StudentConfig(Strict):
     family: StudentFamily = "auto"  # auto: the teacher's kind (depthwise or residual)
     ratio: float = 0.1
@@ -114,9 +117,11 @@ class StudentConfig(Strict):
     arch: str | None = None  # resolved by the budget search
     spec: dict | None = None  # resolved by the search; given (with arch), the student is built as it is
     params: int | None = None
-    # "teacher": a residual student of a ResNet teacher starts from the teacher's strongest channels and blocks
-    # (compressor.student_init); any other pair, or "random", starts from random weights.
-    init: Literal["random", "teacher"] = "random"
+    # Where the student's weights start. "teacher": a residual student of a post-activation ResNet teacher takes the
+    # teacher's strongest channels and blocks (compressor.student_init), and any other pair says why it cannot;
+    # "auto" does so where the pair fits and is silent where it does not; "random": always random. A run writes
+    # back what it did ("teacher" or "random"), so its config and report say where the student started.
+    init: StudentInit = "auto"
 
     @field_validator("ratio")
     @classmethod
@@ -149,9 +154,11 @@ class EvalConfig(Strict):
 
 
 def _seed_preset() -> dict:
-    """The seed project's DFAD: Adam 1e-4 for the student, 0.7x that for the generator, batch 128, noise 100."""
+    """The seed project's DFAD: a student from random weights, Adam 1e-4 for it, 0.7x that for the generator,
+    batch 128, noise 100."""
     return {
         "method": MethodSettings(name="dfad"),
+        "student": {"init": "random"},
         "student_optim": OptimizerConfig(name="adam", lr=1e-4, schedule="constant"),
         "generator_optim": OptimizerConfig(name="adam", lr=7e-5, schedule="constant"),
         "batch_size": 128,
@@ -164,7 +171,8 @@ def _paper_preset() -> dict:
     return {"steps": 8000, "batch_size": 256, "student_optim": OptimizerConfig(name="sgd", lr=0.1, weight_decay=5e-4)}
 
 
-# The presets by name: what each changes from the defaults (explicit flags win over it).
+# The presets by name: what each changes from the defaults (explicit flags win over it). A preset's "student" is
+# a partial dict, merged into the student the caller sizes, because the size is never the preset's to choose.
 RUN_PRESETS: dict[str, Callable[[], dict]] = {"default": dict, "seed": _seed_preset, "paper": _paper_preset}
 PresetName = Literal[tuple(RUN_PRESETS)]
 

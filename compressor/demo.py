@@ -37,7 +37,7 @@ def demo_config(out_dir: Path, teacher_path: Path, steps: int = DEMO_STEPS, **ov
     cfg = RunConfig(
         out_dir=str(out_dir),
         teacher=TeacherConfig(path=str(teacher_path)),
-        student=StudentConfig(family="resnet", ratio=0.1),
+        student=StudentConfig(family="resnet", ratio=0.1, **overrides.pop("student", {})),
         eval=EvalConfig(dataset="digits", eval_every=max(1, steps // 10)),
         steps=steps,
         batch_size=128,  # fixed, so that the demo's figures do not depend on the machine's timing

@@ -144,8 +144,9 @@ def markdown(report: dict) -> str:
             f"| {name} | {m['params']:,} | {m['macs'] / 1e6:.1f} | {_pct(a['full'])} | {_pct(a['test_20'])} "
             f"| {_pct(a['test_10'])} |"
         )
+    started = " The student started from its teacher's strongest channels and blocks." if s.get("init") == "teacher" else ""
     lines += ["", f"Student / teacher parameters: **{100 * report['ratio']:.2f} %** "
-                  f"(asked for {100 * report['requested_ratio']:.0f} %)."]
+                  f"(asked for {100 * report['requested_ratio']:.0f} %).{started}"]
     if s["accuracy"]["full"] is None:
         lines += ["", "Accuracy was **not measured**: the run had no evaluation data (pass `--dataset`)."]
     elif t["accuracy"]["full"]:

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from compressor.config import Mean, MethodName, NamedDataset, PresetName, Std, StudentConfig
+from compressor.config import Mean, MethodName, NamedDataset, PresetName, Std, StudentConfig, StudentInit
 
 # The compressor's own names, so the API and its OpenAPI enums list exactly what a run accepts.
 StudentFamily = StudentConfig.model_fields["family"].annotation
@@ -74,6 +74,9 @@ class JobOptions(Strict):
     preset: PresetName = "default"
     student: StudentFamily = "auto"
     macs_ratio: float | None = Field(None, gt=0, le=100)
+    student_init: StudentInit | None = Field(None, description=(
+        "where the student's weights start (default: the preset's, auto but for seed): auto takes the teacher's "
+        "strongest channels and blocks where both are post-activation ResNets, random weights otherwise"))
     steps: int | None = Field(None, gt=0, le=10**9)  # the server's own limit is checked on the steps a run resolves to
     batch_size: int | None = Field(None, gt=1, le=1024)
     lr: float | None = Field(None, gt=0, le=10)
@@ -103,8 +106,8 @@ class JobOptions(Strict):
     def cli_args(self) -> list[str]:
         """The same options as `python -m compressor` flags, so a job is exactly a CLI run."""
         args = ["--ratio", repr(self.ratio), "--method", self.method, "--preset", self.preset, "--student", self.student]
-        for name in ("macs_ratio", "steps", "batch_size", "lr", "generator_lr", "eval_every", "seed", "arch", "dataset",
-                     "input_size"):
+        for name in ("macs_ratio", "student_init", "steps", "batch_size", "lr", "generator_lr", "eval_every", "seed", "arch",
+                     "dataset", "input_size"):
             value = getattr(self, name)
             if value is not None:
                 args += ["--" + name.replace("_", "-"), str(value)]

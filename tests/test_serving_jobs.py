@@ -83,11 +83,12 @@ def test_metrics_tail_reads_only_complete_lines(tmp_path):
 
 
 def test_job_options_are_exactly_compressor_flags(tmp_path):
-    options = JobOptions(ratio=0.25, method="dfad", student="mobilenet", steps=12, batch_size=32, lr=0.05,
-                         seed=3, dataset="digits", mean=(-0.5,), std=(0.25,))
+    options = JobOptions(ratio=0.25, method="dfad", student="mobilenet", student_init="random", steps=12, batch_size=32,
+                         lr=0.05, seed=3, dataset="digits", mean=(-0.5,), std=(0.25,))
     args = build_parser().parse_args(["--teacher", "t.pth", "--out", str(tmp_path / "r"), *options.cli_args()])
     cfg = config_from_args(args)
     assert cfg.student.ratio == 0.25 and cfg.method.name == "dfad" and cfg.student.family == "mobilenet"
+    assert cfg.student.init == "random"
     assert cfg.steps == 12 and cfg.batch_size == 32 and cfg.student_optim.lr == 0.05 and cfg.seed == 3
     assert cfg.eval.dataset == "digits" and cfg.teacher.mean == (-0.5,) and cfg.teacher.std == (0.25,)
 
@@ -99,7 +100,8 @@ def test_job_options_are_exactly_compressor_flags(tmp_path):
                                  {"ratio": 0.1, "mean": [0.5, 0.5], "std": [0.2]}, {"ratio": 0.1, "mean": []},
                                  {"ratio": 0.1, "mean": [0.1] * 5}, {"ratio": 0.1, "seed": 2**32},
                                  {"ratio": 0.1, "std": [5e-324]}, {"ratio": 0.1, "mean": [1e308]},
-                                 {"ratio": 0.1, "eval_every": 10**21}, {"ratio": 0.1, "steps": 10**21}])
+                                 {"ratio": 0.1, "eval_every": 10**21}, {"ratio": 0.1, "steps": 10**21},
+                                 {"ratio": 0.1, "student_init": "pretrained"}])
 def test_bad_options_are_refused(bad):
     with pytest.raises(ValidationError):
         JobOptions.model_validate(bad)

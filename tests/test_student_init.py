@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from compressor.__main__ import build_parser, config_from_args
 from compressor.config import GeneratorConfig, MethodSettings, RunConfig, StudentConfig, TeacherConfig
 from compressor.engine.build import build
 from compressor.engine.context import open_context
@@ -77,12 +78,13 @@ def test_a_pair_that_does_not_fit_is_left_as_it_was_with_the_reason(teacher, stu
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
 
 
-def _config(tmp_path, init: str) -> RunConfig:
-    teacher = tmp_path / "teacher.pth"
+def _config(tmp_path, init: str, teacher_arch: str = "resnet20") -> RunConfig:
+    teacher = tmp_path / f"{teacher_arch}.pth"
     if not teacher.exists():
-        torch.save(_with_random_statistics(create_model("resnet20", num_classes=10, in_channels=1)).state_dict(), teacher)
+        torch.save(_with_random_statistics(create_model(teacher_arch, num_classes=10, in_channels=1)).state_dict(), teacher)
     return RunConfig(
-        out_dir=str(tmp_path / init), teacher=TeacherConfig(path=str(teacher), input_size=16, mean=(0.3,), std=(0.4,)),
+        out_dir=str(tmp_path / f"{teacher_arch}-{init}"),
+        teacher=TeacherConfig(path=str(teacher), input_size=16, mean=(0.3,), std=(0.4,)),
         student=StudentConfig(ratio=0.3, init=init), generator=GeneratorConfig(width=8, noise_dim=16), steps=1,
         batch_size=8, method=MethodSettings(generator_steps=1, student_steps=1), device="cpu", export_onnx=False,
     )
@@ -100,3 +102,36 @@ def test_a_run_asked_to_start_from_the_teacher_builds_its_student_so(tmp_path):
     # The generator is drawn as it would be without the copy: only the student's starting point differs.
     for a, b in zip(inherited.generator.parameters(), random.generator.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_by_default_a_resnet_pair_starts_from_the_teacher_and_the_config_says_so(tmp_path, capsys):
+    cfg = _config(tmp_path, "auto")
+    assert StudentConfig().init == "auto"
+    automatic = build(open_context(cfg, quiet=True))
+    asked = build(open_context(_config(tmp_path, "teacher"), quiet=True))
+    assert cfg.student.init == "teacher"  # what config.json and the report record
+    for name, value in asked.student.state_dict().items():
+        assert torch.equal(automatic.student.state_dict()[name], value), name
+    assert "warning" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("init, warned", [("auto", False), ("teacher", True)])
+def test_a_pair_that_does_not_fit_starts_from_random_weights_said_only_when_asked(tmp_path, capsys, init, warned):
+    cfg = _config(tmp_path, init, teacher_arch="small_cnn")
+    parts = build(open_context(cfg, quiet=True))
+    random = build(open_context(_config(tmp_path, "random", teacher_arch="small_cnn"), quiet=True))
+    assert cfg.student.init == "random"
+    for name, value in random.student.state_dict().items():
+        assert torch.equal(parts.student.state_dict()[name], value), name
+    assert ("warning: the student starts from random weights" in capsys.readouterr().out) == warned
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], "auto"),
+    (["--student-init", "random"], "random"),
+    (["--preset", "seed"], "random"),  # the seed's DFAD, as published: its student from random weights
+    (["--preset", "seed", "--student-init", "teacher"], "teacher"),
+])
+def test_the_command_line_chooses_where_the_student_starts(tmp_path, flags, expected):
+    args = build_parser().parse_args(["--teacher", "t.pth", "--ratio", "0.2", "--out", str(tmp_path / "r"), *flags])
+    assert config_from_args(args).student.init == expected

@@ -108,6 +108,19 @@ def resolve_student(cfg: RunConfig, teacher: LoadedTeacher) -> tuple[nn.Module, 
     return plan.build(t.num_classes, t.in_channels), plan, profile
 
 
+def start_from_teacher(ctx: RunContext, student: nn.Module, teacher: nn.Module) -> None:
+    """The student takes its teacher's weights where the config asks and the pair allows, and the config records
+    which it got. It draws no random numbers, so the generator and everything after are what they would be
+    without it; a resumed run does it again and then loads its checkpoint over it."""
+    s = ctx.cfg.student
+    if s.init == "random":
+        return
+    why_not = inherit_teacher_weights(student, teacher)
+    if why_not and s.init == "teacher":
+        ctx.warn(f"the student starts from random weights: {why_not}")
+    s.init = "random" if why_not else "teacher"
+
+
 def build(ctx: RunContext) -> Parts:
     """One seed for the weights (every rank builds the same models, rank 0's broadcast to make sure), then each
     rank's own stream for what it draws (pool batches, crops)."""
@@ -116,8 +129,7 @@ def build(ctx: RunContext) -> Parts:
     loaded = resolve_teacher(cfg)
     data = load_eval_data(cfg)
     student, plan, profile = resolve_student(cfg, loaded)
-    if cfg.student.init == "teacher" and (why_not := inherit_teacher_weights(student, loaded.model)):
-        ctx.warn(f"the student starts from random weights: {why_not}")
+    start_from_teacher(ctx, student, loaded.model)
     t = cfg.teacher
     t.class_names = t.class_names or [str(i) for i in range(t.num_classes)]
     teacher = loaded.model.to(device).eval()

@@ -84,7 +84,7 @@ def models_block(ctx: RunContext, parts: Parts, evaluation: TestEvaluation | Non
     return {
         "teacher": {"arch": t.arch, "params": profile.params, "macs": profile.macs, "accuracy": accuracy_block(teacher_acc),
                     "top5": accuracy_block(teacher_acc, "top5"), "sha256": t.sha256},
-        "student": {"arch": plan.label, "spec": plan.spec, "params": plan.params,
+        "student": {"arch": plan.label, "spec": plan.spec, "params": plan.params, "init": ctx.cfg.student.init,
                     "macs": parts.student_macs, "accuracy": accuracy_block(student_acc),
                     "top5": accuracy_block(student_acc, "top5")},
     }
