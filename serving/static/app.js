@@ -277,6 +277,7 @@ function reportSection(job, report) {
     })));
   const facts = el("ul", { class: "facts" },
     el("li", {}, `student/teacher parameters: ${pct(report.ratio)} (asked ${pct(report.requested_ratio)}), MACs ${pct(report.student_macs_ratio)}`),
+    s.init ? el("li", {}, `student started from ${s.init === "teacher" ? "its teacher's strongest channels and blocks" : "random weights"}`) : null,
     Object.keys(speedups).length
       ? el("li", {}, `ONNX Runtime speed-up on ${speed.threads || "?"} CPU threads: `,
           Object.entries(speedups).map(([b, v]) => `${Number(v).toFixed(2)}× at batch ${b}`).join(", "))
