@@ -180,13 +180,12 @@ def run_data_free(name: str, teacher: Path, test_npz: Path, ratio: float, args, 
     preset = "seed" if method == "dfad" else "default"
     fields = {**preset_overrides(preset)}
     fields["method"] = fields.get("method", MethodSettings()).model_copy(update={"name": method})
-    if name == "default-random-init":
-        fields["student"] = {**fields.get("student", {}), "init": "random"}
+    student = {**fields.pop("student", {}), **({"init": "random"} if name == "default-random-init" else {})}
     k = fields["method"].round[1]
     steps = max(1, args.student_steps // k)
     cfg = RunConfig(
         out_dir=str(out), preset=preset, teacher=TeacherConfig(path=str(teacher)),
-        student=StudentConfig(family=args.student, ratio=ratio, **fields.pop("student", {})),
+        student=StudentConfig(family=args.student, ratio=ratio, **student),
         eval=EvalConfig(dataset=str(test_npz), eval_every=max(1, steps // args.eval_points)),
         steps=steps, batch_size=args.batch_size, seed=args.seed, device=args.device,
         export_onnx=False, **{name: v for name, v in fields.items() if name not in ("batch_size", "steps")},
@@ -213,7 +212,8 @@ def run_real(kind: str, teacher_model: nn.Module, data: LabelledData, ratio: flo
     torch.manual_seed(args.seed)
     plan = plan_student(args.student, ratio, profile_model(teacher_model, (3, 32, 32)), 10, 3)
     student = plan.build(10, 3)
-    if kind == "kd-real-teacher-init" and (why_not := inherit_teacher_weights(student, teacher_model)):
+    from_teacher = kind == "kd-real-teacher-init"
+    if from_teacher and (why_not := inherit_teacher_weights(student, teacher_model)):
         raise CompressorError(f"{kind}: {why_not}")
     curve: list[list] = []
     test_full = {"full": torch.arange(len(data.test.labels))}
@@ -225,11 +225,11 @@ def run_real(kind: str, teacher_model: nn.Module, data: LabelledData, ratio: flo
     started = time.time()
     train_classifier(student, data.train, CIFAR_MEAN, CIFAR_STD, steps=args.student_steps, batch_size=args.batch_size,
                      lr=0.1, pad=4, flip=True, seed=args.seed, device=device,
-                     teacher=teacher_model.to(device) if kind.startswith("kd-real") else None, temperature=4.0,
+                     teacher=teacher_model.to(device) if kind != "scratch" else None, temperature=4.0,
                      eval_every=max(1, args.student_steps // args.eval_points), on_eval=record)
     wall = time.time() - started
     return {
-        "params": plan.params, "student_init": "teacher" if kind.endswith("teacher-init") else "random",
+        "params": plan.params, "student_init": "teacher" if from_teacher else "random",
         "student_steps": args.student_steps, "batch_size": args.batch_size,
         "wall_seconds": wall, "images_per_second": None,
         "accuracy": _accuracy_on(student, data.test, device), "curve": curve,
