@@ -323,7 +323,7 @@ def test_jobs_survive_a_crash_and_restarts(server, workdir, demo_run, digits_png
         assert r.status_code == 200, r.text
         return r.json()
 
-    job = submit(server, ratio=0.1, steps=20, eval_every=5, dataset="digits", seed=1)
+    job = submit(server, ratio=0.1, steps=20, eval_every=5, dataset="digits", seed=1, batch_size=32)
     queued = submit(server, ratio=0.2, steps=20)
     assert httpx.put(server.url + f"/compress/cancel?job_id={queued}", headers=AUTH).json()["status"] == "cancelled"
     # progress is visible while it runs: steps, losses, best accuracy so far
@@ -355,7 +355,7 @@ def test_jobs_survive_a_crash_and_restarts(server, workdir, demo_run, digits_png
         assert accuracy > 0.3 and report["student"]["params"] <= 0.1 * report["teacher"]["params"]
 
         # a running job is cancelled on request, promptly
-        long_job = submit(restarted, ratio=0.1, steps=5000)
+        long_job = submit(restarted, ratio=0.1, steps=5000, batch_size=16)
         wait_for(lambda: status(restarted, long_job)["progress"]["step"] >= 1, 120, "the long job to start")
         assert httpx.post(restarted.url + f"/compress/cancel?job_id={long_job}", headers=AUTH).json()["cancel_requested"]
         wait_for(lambda: status(restarted, long_job)["status"] == "cancelled", 60, "the cancel")

@@ -206,7 +206,7 @@ def _compressor(srv: LocalServer) -> psutil.Process:
 
 def test_a_killed_compressor_is_resumed_from_its_checkpoint(server, demo_run):
     teacher = (demo_run / "teacher.pth").read_bytes()
-    job = submit(server, teacher, ratio=0.1, steps=20, eval_every=4).json()["job_id"]
+    job = submit(server, teacher, ratio=0.1, steps=20, eval_every=4, batch_size=16).json()["job_id"]
     last = RunPaths(server.log_path.parent / "jobs" / job / "run").last  # in start_server's jobs folder
     wait_for(lambda: last.is_file() and job_status(server, job)["progress"]["step"] >= 9, 300, "a checkpoint")
     _compressor(server).kill()
@@ -245,7 +245,8 @@ def test_a_full_disk_pauses_a_job_and_it_resumes_when_space_is_free(tmp_path, de
         pytest.skip("cannot mount a small tmpfs here (not root, or no CAP_SYS_ADMIN)")
     srv = start_server(tmp_path, demo_run / "student.onnx", COMPRESSOR_JOBS_DIR=str(jobs))
     try:
-        job = submit(srv, (demo_run / "teacher.pth").read_bytes(), ratio=0.1, steps=20, eval_every=4).json()["job_id"]
+        job = submit(srv, (demo_run / "teacher.pth").read_bytes(), ratio=0.1, steps=20, eval_every=4,
+                     batch_size=16).json()["job_id"]
         wait_for(lambda: job_status(srv, job)["progress"]["step"] >= 6, 300, "the job to run")
         compressor = _compressor(srv)
         filler = _fill(jobs)  # its log is on the full disk too: the exit status says what happened

@@ -64,7 +64,7 @@ def compressor_of(job_id: str) -> psutil.Process:
 def test_a_job_runs_as_a_ray_task_survives_its_ray_worker_being_killed_and_serves(ray_server, demo_run):
     server, workdir = ray_server
     teacher = (demo_run / "teacher.pth").read_bytes()
-    job_id = submit(server, teacher, ratio=0.1, steps=12, eval_every=4, dataset="digits", seed=2)
+    job_id = submit(server, teacher, ratio=0.1, steps=12, eval_every=4, dataset="digits", seed=2, batch_size=16)
     wait_for(server, job_id, lambda j: j["status"] == "running" and j["progress"]["step"] >= 5, timeout=240)
 
     compressor = compressor_of(job_id)
@@ -88,7 +88,8 @@ def test_a_job_runs_as_a_ray_task_survives_its_ray_worker_being_killed_and_serve
 
 def test_cancel_stops_a_job_running_on_ray(ray_server, demo_run):
     server, workdir = ray_server
-    job_id = submit(server, (demo_run / "teacher.pth").read_bytes(), ratio=0.1, steps=5000, eval_every=5)
+    job_id = submit(server, (demo_run / "teacher.pth").read_bytes(), ratio=0.1, steps=5000, eval_every=5,
+                    batch_size=16)
     wait_for(server, job_id, lambda j: j["status"] == "running" and j["progress"]["step"] >= 1, timeout=240)
     compressor = compressor_of(job_id)
     r = httpx.post(server.url + "/compress/cancel", params={"job_id": job_id}, headers=AUTH, timeout=30)

@@ -77,7 +77,7 @@ def test_a_poisoned_submission_is_refused_and_the_queue_keeps_running(server, wo
         assert r.status_code == 400 and "error" in r.json(), (fields, r.text)
     assert [p.name for p in (workdir / "jobs").iterdir() if p.is_dir()] == []
     assert httpx.get(server.url + "/compress/jobs", headers=AUTH).status_code == 200
-    r = submit(server, teacher, ratio=0.1, steps=2, eval_every=1)
+    r = submit(server, teacher, ratio=0.1, steps=2, eval_every=1, batch_size=16)
     assert r.status_code == 202, r.text
     done = wait_for(lambda: (s := job_status(server, r.json()["job_id"]))["status"] in ("succeeded", "failed") and s,
                     180, "the job after the poisoned ones")
@@ -98,7 +98,7 @@ def test_an_inflating_teacher_upload_is_refused_from_its_zip_directory(server):
 
 def test_a_killed_worker_is_replaced_and_its_job_resumes(server, demo_run):
     teacher = (demo_run / "teacher.pth").read_bytes()
-    r = submit(server, teacher, ratio=0.1, steps=12, eval_every=4, dataset="digits")
+    r = submit(server, teacher, ratio=0.1, steps=12, eval_every=4, dataset="digits", batch_size=16)
     assert r.status_code == 202, r.text
     job = r.json()["job_id"]
     wait_for(lambda: job_status(server, job)["progress"]["step"] >= 3, 180, "the job to make progress")

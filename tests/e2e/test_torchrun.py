@@ -14,8 +14,10 @@ from compressor.methods import METHODS
 from compressor.run_folder import RunPaths
 from tests.conftest import ROOT
 
-ARGS = ["--ratio", "0.1", "--steps", "4", "--eval-every", "2", "--batch-size", "32", "--dataset", "digits",
-        "--no-onnx", "--quiet"]
+# The method's g generator updates per round (what the assertions count), and 3 student updates instead of its 10:
+# the ranks' agreement and the exact resume are the same at any k, and the three runs of the pair cost less.
+ARGS = ["--ratio", "0.1", "--steps", "4", "--eval-every", "2", "--batch-size", "32", "--student-steps", "3",
+        "--dataset", "digits", "--no-onnx", "--quiet"]
 
 
 def compressor(*args: str, nproc: int | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -44,8 +46,6 @@ def parameter_digest(state: dict) -> float:
 def runs(tmp_path_factory, demo_run):
     root = tmp_path_factory.mktemp("torchrun")
     teacher = str(demo_run / "teacher.pth")
-    single = compressor("--teacher", teacher, "--out", str(root / "single"), *ARGS)
-    assert single.returncode == 0, single.stderr[-3000:]
     pair = compressor("--teacher", teacher, "--out", str(root / "pair"), *ARGS, nproc=2)
     assert pair.returncode == 0, pair.stderr[-3000:]
     return root, teacher, pair
@@ -57,6 +57,7 @@ def test_the_global_objective_does_not_depend_on_the_number_of_ranks(runs, tmp_p
     generator's own BatchNorm included), give the single process's values to float tolerance."""
     _, teacher, _ = runs
     first_step = [*ARGS[:2], "--steps", "1", *ARGS[4:], "--generator-steps", "1"]
+    assert ARGS[2:4] == ["--steps", "4"]
     for name, nproc in (("one", None), ("two", 2)):
         proc = compressor("--teacher", teacher, "--out", str(tmp_path / name), *first_step, nproc=nproc)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -68,7 +69,7 @@ def test_the_global_objective_does_not_depend_on_the_number_of_ranks(runs, tmp_p
     assert two["g_bn"] > 0.1  # a real loss, not an empty term
 
 
-def test_rank_zero_alone_writes_and_the_ranks_students_are_identical(runs):
+def test_rank_zero_alone_writes_and_the_ranks_students_are_identical(runs, demo_run):
     root, _, pair = runs
     run_dir = root / "pair"
     assert [m["step"] for m in metrics(run_dir)] == [1, 2, 3, 4]  # one writer, no duplicate lines
@@ -88,7 +89,7 @@ def test_rank_zero_alone_writes_and_the_ranks_students_are_identical(runs):
         digests = ckpt["student_digests"]
         assert len(digests) == 2 and digests[0] == digests[1]
         assert parameter_digest(ckpt["student"]) == pytest.approx(digests[0], rel=1e-12)
-    single = json.loads((root / "single" / "report.json").read_text())
+    single = json.loads((demo_run / "report.json").read_text())  # one process: the shared demo run's report
     assert single["world_size"] == 1 and "processes" not in single["device"]
 
 

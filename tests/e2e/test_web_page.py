@@ -27,7 +27,7 @@ from tests.e2e.test_service import AUTH, TOKEN, start_server
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 HOSTILE_NAME = '<img src=x onerror=alert(1)>"&<b>bold</b>'
-STEPS = 15
+STEPS = 10  # two evaluations (every 5 rounds) on the report's curve, and rounds left to watch the progress
 
 
 def chromium_path() -> str:
