@@ -125,6 +125,21 @@ def load_raw(url: str, image: bytes, requests: int, concurrency: int) -> dict:
             "images_per_second": requests / wall}
 
 
+def server_cpu_seconds(server: LocalServer) -> float:
+    """CPU time (user and system) of the server's processes so far: what it takes from the cores it shares."""
+    import psutil
+
+    root = psutil.Process(server.proc.pid)
+    total = 0.0
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def crowd(url: str, image: bytes, n: int, timeout: float = 60.0) -> dict:
     """n requests at once from one event loop (each on its own connection), as a burst of clients would."""
     async def run() -> list[tuple[int | None, bool, float]]:
@@ -161,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crowd", type=int, default=500, help="requests sent at once after the levels (0: none)")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw",
                    help="load generator: raw keep-alive sockets (light), or httpx from a thread pool (heavy)")
+    p.add_argument("--ort-spinning", choices=["false", "true"], default="false",
+                   help="COMPRESSOR_ORT_SPINNING of the servers (ONNX Runtime's spin-waiting between calls)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "serving.json"))
     args = p.parse_args(argv)
     model = Path(args.model)
@@ -175,13 +192,16 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             server = LocalServer(Path(tmp), {"COMPRESSOR_MODEL": str(model.resolve()),
                                              "COMPRESSOR_JOBS_DIR": str(Path(tmp) / "jobs"),
-                                             "COMPRESSOR_BATCHING": str(batching).lower()})
+                                             "COMPRESSOR_BATCHING": str(batching).lower(),
+                                             "COMPRESSOR_ORT_SPINNING": args.ort_spinning})
             try:
                 load(server.url, image, 50, 4)  # warm-up; also trains BentoML's batching latency model
                 for c in levels:
                     rows_before, batches_before = batch_counters(server.url)
-                    row = {"batching": batching,
+                    cpu_before = server_cpu_seconds(server)
+                    row = {"batching": batching, "ort_spinning": args.ort_spinning == "true",
                            **(load_raw if args.client == "raw" else load)(server.url, image, args.requests, c)}
+                    row["server_cpu_ms_per_request"] = 1000 * (server_cpu_seconds(server) - cpu_before) / args.requests
                     rows_after, batches_after = batch_counters(server.url)
                     batches = batches_after - batches_before
                     row["mean_batch_size"] = (rows_after - rows_before) / batches if batching and batches else 1.0
@@ -189,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"batching {'on ' if batching else 'off'} concurrency {c:3d}: p50 {row['p50_ms']:7.1f} ms  "
                           f"p99 {row['p99_ms']:7.1f} ms  {row['images_per_second']:7.1f} img/s  "
                           f"mean batch {row['mean_batch_size']:.2f}  "
+                          f"server CPU {row['server_cpu_ms_per_request']:.1f} ms/request  "
                           f"errors {row['errors']}", flush=True)
                 if batching and args.crowd:
                     burst = crowd(server.url, image, args.crowd)

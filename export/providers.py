@@ -33,12 +33,17 @@ def _ort():
     return ort
 
 
-def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None):
-    """A session on `provider` ('auto' = CUDA if it really works, else CPU). Returns (session, provider used)."""
+def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None, spinning: bool = True):
+    """A session on `provider` ('auto' = CUDA if it really works, else CPU). Returns (session, provider used).
+
+    `spinning`: ONNX Runtime's threads spin-wait for the next call (its default, the lowest latency). A server
+    that shares its cores with training turns it off: between requests 10 ms apart a spinning session kept a
+    whole core busy (benchmarks/RESULTS.md)."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
     opts.intra_op_num_threads = threads or max(1, min(4, os.cpu_count() or 1))
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     wanted = ["cuda", "cpu"] if provider == "auto" else [provider]
     for name in wanted:
         if name not in PROVIDERS:

@@ -102,7 +102,8 @@ class BatchedModel:
 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    session, provider = make_session(path, self.settings.provider, threads=self.threads)
+                    session, provider = make_session(path, self.settings.provider, threads=self.threads,
+                                                     spinning=self.settings.ort_spinning)
                 self.session, self.provider, self.loaded = session, provider, key
                 log.info("serving model %s from %s on %s", model_id, path, provider)
             return self.session

@@ -38,6 +38,8 @@ class ServingSettings(BaseModel):
     max_latency_ms: int = Field(5000, gt=0, description="batching deadline: a request queued longer is shed with 503")
     max_in_flight: int = Field(256, gt=0, description="classification requests handled at once; more are answered 503 at once")
     runner_timeout_s: float = Field(8.0, gt=0, description="a classification the model has not answered by then gets 503")
+    ort_spinning: bool = Field(False, description="ONNX Runtime's threads spin-wait between calls: a little lower "
+                                                  "latency, for a core kept busy that the jobs beside it train on")
     job_device: Literal["auto", "cpu", "cuda"] = "auto"
     allowed_hosts: list[str] = Field(["localhost", "127.0.0.1", "::1"],
                                      description="Host names the server answers to (comma-separated; * for any): "

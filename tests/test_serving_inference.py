@@ -52,3 +52,13 @@ def test_a_request_for_another_input_shape_or_without_a_model_is_refused(demo_ru
     missing = model_for(demo_run, tmp_path, model=tmp_path / "nothing.onnx")
     with pytest.raises(ModelUnavailable):
         asyncio.run(missing.predict(np.zeros((1, 1, 16, 16), np.float32)))
+
+
+@pytest.mark.parametrize("setting, expected", [({}, "0"), ({"ort_spinning": "true"}, "1")])
+def test_the_served_session_does_not_spin_between_calls_unless_asked(demo_run, tmp_path, setting, expected):
+    """ONNX Runtime's threads spin-wait between calls by default: a served model under light traffic then keeps a
+    core busy that the jobs beside it train on. The server's session turns it off; COMPRESSOR_ORT_SPINNING=true
+    turns it back on."""
+    model = model_for(demo_run, tmp_path, **setting)
+    session = model._refresh()
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == expected
