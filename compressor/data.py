@@ -2,7 +2,7 @@
 
 Sources: cifar10 / cifar100 through torchvision (downloaded only with
 --download), an image folder (class sub-folders, optionally under train/ and
-test/, or a .tar.gz of one), an .npz of images and labels, and scikit-learn's
+test/, or a .tar.gz of one, read without unpacking), an .npz of images and labels, and scikit-learn's
 bundled handwritten digits. Images are kept as float tensors in [0, 1] at the
 teacher's input size; normalisation is applied by whoever feeds a model.
 """
@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from compressor.config import NAMED_DATASETS
-from compressor.errors import CompressorError, first_line
+from compressor.errors import CompressorError
+from compressor.image_archive import ArchiveFolder, Parts
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -151,34 +152,65 @@ def _load_cifar(name: str, data_dir: str | None, download: bool) -> LabelledData
     return LabelledData(name, list(splits[False][1]), splits[True][0], splits[False][0])
 
 
-def _decode_folder(folder: Path, size: int, channels: int) -> tuple[Split, list[str]]:
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+Opener = Callable[[], BinaryIO | Path]
+
+
+def _decode_images(sources: list[tuple[str, Opener]], labels: list[int], channels: int,
+                   size: int) -> Split:
+    """(name, opener) pairs decoded in order at `size` x `size`; a file that is no image is named in the error."""
     from PIL import Image
 
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if not classes:
-        raise CompressorError(f"{folder} has no class sub-folders")
-    images, labels = [], []
     mode = "L" if channels == 1 else "RGB"
+    images = []
+    for name, opener in sources:
+        try:
+            with Image.open(opener()) as im:
+                im = im.convert(mode)
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                images.append(np.asarray(im, dtype=np.uint8))
+        except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+            raise CompressorError(f"{name} is not a readable image ({exc})") from None
+    return Split(_from_uint8_hwc(np.stack(images)), torch.tensor(labels))
+
+
+def _decode_classes(where: str, classes: list[str], images_of: Callable[[str], list[tuple[str, Opener]]], size: int,
+                    channels: int) -> tuple[Split, list[str]]:
+    """A folder of class sub-folders (on disk or in an archive), labelled in the sub-folders' sorted order."""
+    if not classes:
+        raise CompressorError(f"{where} has no class sub-folders")
+    sources, labels = [], []
     for label, cls in enumerate(classes):
-        for path in sorted((folder / cls).iterdir()):
-            if path.suffix.lower() not in {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}:
-                continue
-            try:
-                with Image.open(path) as im:
-                    im = im.convert(mode)
-                    if im.size != (size, size):
-                        im = im.resize((size, size), Image.BILINEAR)
-                    images.append(np.asarray(im, dtype=np.uint8))
-            except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-                raise CompressorError(f"{path} is not a readable image ({exc})") from None
-            labels.append(label)
-    if not images:
-        raise CompressorError(f"{folder} holds no images")
-    return Split(_from_uint8_hwc(np.stack(images)), torch.tensor(labels)), classes
+        found = images_of(cls)
+        sources += found
+        labels += [label] * len(found)
+    if not sources:
+        raise CompressorError(f"{where} holds no images")
+    return _decode_images(sources, labels, channels, size), classes
+
+
+def _decode_folder(folder: Path, size: int, channels: int) -> tuple[Split, list[str]]:
+    def images_of(cls: str) -> list[tuple[str, Opener]]:
+        paths = [p for p in sorted((folder / cls).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        return [(str(p), lambda p=p: p) for p in paths]
+
+    return _decode_classes(str(folder), sorted(p.name for p in folder.iterdir() if p.is_dir()), images_of, size, channels)
+
+
+def _decode_archive_folder(folder: ArchiveFolder, parts: Parts, size: int, channels: int) -> tuple[Split, list[str]]:
+    def images_of(cls: str) -> list[tuple[str, Opener]]:
+        members = [(*parts, cls, name) for name in folder.image_names((*parts, cls))]
+        return [(folder.name_of(m), lambda m=m: folder.open(m)) for m in members]
+
+    return _decode_classes(folder.name_of(parts), folder.subfolders(parts), images_of, size, channels)
 
 
 def cache_dir() -> Path:
-    """Decoded images and unpacked archives; COMPRESSOR_CACHE moves it (tests point it at a temporary folder)."""
+    """Decoded datasets (and verified teacher ONNX files); COMPRESSOR_CACHE moves it (tests point it at a temporary folder)."""
     return Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
 
 
@@ -188,38 +220,32 @@ def _cached_folder_split(folder: Path, size: int, channels: int) -> tuple[Split,
     cache = cache_dir() / f"folder-{key}.pt"
     if cache.exists():
         blob = torch.load(cache, weights_only=True)
-        return Split(blob["images"].float().div(255), blob["labels"]), list(blob["classes"])
+        return _from_blob(blob), list(blob["classes"])
     split, classes = _decode_folder(folder, size, channels)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"images": (split.images * 255).round().to(torch.uint8), "labels": split.labels, "classes": classes}, cache)
-    except OSError:
-        pass
+    _keep(cache, {**_to_blob(split), "classes": classes})
     return split, classes
 
 
-def extract_archive(archive: Path) -> Path:
-    """A .tar.gz of an image folder is unpacked once into the user cache; returns the folder."""
-    digest = hashlib.sha1(f"{archive.resolve()}:{archive.stat().st_size}".encode()).hexdigest()[:12]
-    target = cache_dir() / f"archive-{digest}"
-    done = target / ".complete"
-    if not done.exists():
-        target.mkdir(parents=True, exist_ok=True)
-        try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(target, filter="data")
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            shutil.rmtree(target, ignore_errors=True)  # half an archive must not pass for a dataset next time
-            reason = first_line(exc).rstrip(":")  # tarfile's message spans lines
-            raise CompressorError(f"{archive} could not be unpacked as a tar archive of an image folder ({reason})") from None
-        done.touch()
-    children = [p for p in target.iterdir() if p.is_dir()]
-    return children[0] if len(children) == 1 and not (target / "test").exists() else target
+def _to_blob(split: Split) -> dict[str, torch.Tensor]:
+    return {"images": (split.images * 255).round().to(torch.uint8), "labels": split.labels}
+
+
+def _from_blob(blob: dict) -> Split:
+    return Split(blob["images"].float().div(255), blob["labels"])
+
+
+def _keep(cache: Path, blob: dict) -> None:
+    """A decoded copy in the cache folder; a read-only or full cache only costs the next run the decoding."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        os.replace(tmp, cache)
+    except OSError:
+        pass
 
 
 def _load_folder(path: Path, size: int, channels: int) -> LabelledData:
-    if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
-        path = extract_archive(path)
     if (path / "test").is_dir():
         test, classes = _cached_folder_split(path / "test", size, channels)
         train = _cached_folder_split(path / "train", size, channels)[0] if (path / "train").is_dir() else None
@@ -227,6 +253,29 @@ def _load_folder(path: Path, size: int, channels: int) -> LabelledData:
         test, classes = _cached_folder_split(path, size, channels)
         train = None
     return LabelledData(path.name, classes, train, test)
+
+
+def _load_archive(archive: Path, size: int, channels: int) -> LabelledData:
+    """An image folder in a tar archive, decoded once: later runs read the decoded copy in the cache folder."""
+    key = hashlib.sha1(f"{archive.resolve()}:{archive.stat().st_size}:{size}:{channels}".encode()).hexdigest()[:12]
+    cache = cache_dir() / f"archive-{key}.pt"
+    if cache.exists():
+        blob = torch.load(cache, weights_only=True)
+        train = _from_blob(blob["train"]) if blob["train"] is not None else None
+        return LabelledData(blob["name"], list(blob["classes"]), train, _from_blob(blob["test"]))
+    folder = ArchiveFolder.read(archive, IMAGE_SUFFIXES)
+    root = folder.root()
+    train = None
+    if folder.is_folder((*root, "test")):
+        test, classes = _decode_archive_folder(folder, (*root, "test"), size, channels)
+        if folder.is_folder((*root, "train")):
+            train = _decode_archive_folder(folder, (*root, "train"), size, channels)[0]
+    else:
+        test, classes = _decode_archive_folder(folder, root, size, channels)
+    name = root[-1] if root else archive.name.split(".")[0]
+    _keep(cache, {"name": name, "classes": classes, "test": _to_blob(test),
+                  "train": _to_blob(train) if train is not None else None})
+    return LabelledData(name, classes, train, test)
 
 
 def _load_npz(path: Path, size: int, channels: int) -> LabelledData:
@@ -256,7 +305,9 @@ def load_dataset(name: str, data_dir: str | None, download: bool, size: int, cha
         path = Path(name)
         if path.suffix == ".npz" and path.is_file():
             data = _load_npz(path, size, channels)
-        elif path.is_dir() or (path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar"))):
+        elif path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
+            data = _load_archive(path, size, channels)
+        elif path.is_dir():
             data = _load_folder(path, size, channels)
         else:
             raise CompressorError(

@@ -73,7 +73,7 @@ def test_an_unreadable_dataset_is_one_line_not_a_traceback(tmp_path, small_teach
     broken = tmp_path / "cifar.tar.gz"
     broken.write_bytes(b"\x1f\x8b" + b"not the rest of a gzip stream")
     proc = run_cli("--teacher", str(small_teacher), "--ratio", "0.1", "--dataset", str(broken), "--quiet", cwd=tmp_path)
-    _assert_one_line_error(proc.returncode, proc.stderr, f"{broken} could not be unpacked as a tar archive")
+    _assert_one_line_error(proc.returncode, proc.stderr, f"{broken} could not be read as a tar archive")
     folder = tmp_path / "images" / "cat"
     folder.mkdir(parents=True)
     (folder / "0.jpg").write_text("a note saved with the wrong name")
