@@ -154,13 +154,10 @@ def _load_cifar(name: str, data_dir: str | None, download: bool) -> LabelledData
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+Opener = Callable[[], BinaryIO | Path]  # an image's bytes: a file on disk, or an archive member in memory
 
 
-Opener = Callable[[], BinaryIO | Path]
-
-
-def _decode_images(sources: list[tuple[str, Opener]], labels: list[int], channels: int,
-                   size: int) -> Split:
+def _decode_images(sources: list[tuple[str, Opener]], labels: list[int], size: int, channels: int) -> Split:
     """(name, opener) pairs decoded in order at `size` x `size`; a file that is no image is named in the error."""
     from PIL import Image
 
@@ -190,7 +187,7 @@ def _decode_classes(where: str, classes: list[str], images_of: Callable[[str], l
         labels += [label] * len(found)
     if not sources:
         raise CompressorError(f"{where} holds no images")
-    return _decode_images(sources, labels, channels, size), classes
+    return _decode_images(sources, labels, size, channels), classes
 
 
 def _decode_folder(folder: Path, size: int, channels: int) -> tuple[Split, list[str]]:
