@@ -56,8 +56,8 @@ def test_the_global_objective_does_not_depend_on_the_number_of_ranks(runs, tmp_p
     same global noise, and batch-norm statistics, class balance and the diversity term over the global batch (the
     generator's own BatchNorm included), give the single process's values to float tolerance."""
     _, teacher, _ = runs
+    assert ARGS[2:4] == ["--steps", "4"]  # what the slices below replace
     first_step = [*ARGS[:2], "--steps", "1", *ARGS[4:], "--generator-steps", "1"]
-    assert ARGS[2:4] == ["--steps", "4"]
     for name, nproc in (("one", None), ("two", 2)):
         proc = compressor("--teacher", teacher, "--out", str(tmp_path / name), *first_step, nproc=nproc)
         assert proc.returncode == 0, proc.stderr[-3000:]
