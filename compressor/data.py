@@ -8,6 +8,7 @@ teacher's input size; normalisation is applied by whoever feeds a model.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -233,22 +234,30 @@ def _from_blob(blob: dict) -> Split:
 
 def _keep(cache: Path, blob: dict) -> None:
     """A decoded copy in the cache folder; a read-only or full cache only costs the next run the decoding."""
+    tmp = cache.with_suffix(".tmp")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
         torch.save(blob, tmp)
         os.replace(tmp, cache)
-    except OSError:
-        pass
+    except (OSError, RuntimeError):  # torch.save reports a full disk as a RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _splits(has_folder: Callable[[str], bool], decode: Callable[[str | None], tuple[Split, list[str]]]
+            ) -> tuple[Split | None, Split, list[str]]:
+    """(train, test, classes): test/ and train/ where the folder has a test/, else the folder itself as the test
+    split. The same layout on disk and in an archive; `decode(None)` decodes the folder itself."""
+    if not has_folder("test"):
+        test, classes = decode(None)
+        return None, test, classes
+    test, classes = decode("test")
+    return (decode("train")[0] if has_folder("train") else None), test, classes
 
 
 def _load_folder(path: Path, size: int, channels: int) -> LabelledData:
-    if (path / "test").is_dir():
-        test, classes = _cached_folder_split(path / "test", size, channels)
-        train = _cached_folder_split(path / "train", size, channels)[0] if (path / "train").is_dir() else None
-    else:
-        test, classes = _cached_folder_split(path, size, channels)
-        train = None
+    train, test, classes = _splits(lambda name: (path / name).is_dir(),
+                                   lambda name: _cached_folder_split(path / name if name else path, size, channels))
     return LabelledData(path.name, classes, train, test)
 
 
@@ -262,13 +271,8 @@ def _load_archive(archive: Path, size: int, channels: int) -> LabelledData:
         return LabelledData(blob["name"], list(blob["classes"]), train, _from_blob(blob["test"]))
     folder = ArchiveFolder.read(archive, IMAGE_SUFFIXES)
     root = folder.root()
-    train = None
-    if folder.is_folder((*root, "test")):
-        test, classes = _decode_archive_folder(folder, (*root, "test"), size, channels)
-        if folder.is_folder((*root, "train")):
-            train = _decode_archive_folder(folder, (*root, "train"), size, channels)[0]
-    else:
-        test, classes = _decode_archive_folder(folder, root, size, channels)
+    train, test, classes = _splits(lambda name: folder.is_folder((*root, name)),
+                                   lambda name: _decode_archive_folder(folder, (*root, name) if name else root, size, channels))
     name = root[-1] if root else archive.name.split(".")[0]
     _keep(cache, {"name": name, "classes": classes, "test": _to_blob(test),
                   "train": _to_blob(train) if train is not None else None})
