@@ -168,6 +168,19 @@ def crowd(url: str, image: bytes, n: int, timeout: float = 60.0) -> dict:
             "slowest_503_ms": float(shed.max()) if len(shed) else None, "wall_seconds": wall}
 
 
+def measure_level(server: LocalServer, image: bytes, args: argparse.Namespace, batching: bool, concurrency: int) -> dict:
+    """One concurrency level: the clients' latency and throughput, the batches the server made, its CPU a request."""
+    rows_before, batches_before = batch_counters(server.url)
+    cpu_before = server_cpu_seconds(server)
+    row = {"batching": batching, "ort_spinning": args.ort_spinning == "true",
+           **(load_raw if args.client == "raw" else load)(server.url, image, args.requests, concurrency)}
+    row["server_cpu_ms_per_request"] = 1000 * (server_cpu_seconds(server) - cpu_before) / args.requests
+    rows_after, batches_after = batch_counters(server.url)
+    batches = batches_after - batches_before
+    row["mean_batch_size"] = (rows_after - rows_before) / batches if batching and batches else 1.0
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serving")
     p.add_argument("--model", default=str(ROOT / "runs" / "demo" / "student.onnx"))
@@ -197,14 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 load(server.url, image, 50, 4)  # warm-up; also trains BentoML's batching latency model
                 for c in levels:
-                    rows_before, batches_before = batch_counters(server.url)
-                    cpu_before = server_cpu_seconds(server)
-                    row = {"batching": batching, "ort_spinning": args.ort_spinning == "true",
-                           **(load_raw if args.client == "raw" else load)(server.url, image, args.requests, c)}
-                    row["server_cpu_ms_per_request"] = 1000 * (server_cpu_seconds(server) - cpu_before) / args.requests
-                    rows_after, batches_after = batch_counters(server.url)
-                    batches = batches_after - batches_before
-                    row["mean_batch_size"] = (rows_after - rows_before) / batches if batching and batches else 1.0
+                    row = measure_level(server, image, args, batching, c)
                     rows.append(row)
                     print(f"batching {'on ' if batching else 'off'} concurrency {c:3d}: p50 {row['p50_ms']:7.1f} ms  "
                           f"p99 {row['p99_ms']:7.1f} ms  {row['images_per_second']:7.1f} img/s  "
