@@ -161,10 +161,12 @@ def summary(report: dict) -> str:
 
 def take_ctrl_c() -> None:
     """SIGINT is how Ctrl-C and the service stop a run (checkpoint, exit 130): take it even where it arrives
-    ignored. A shell script's background job starts with SIGINT ignored, and every process it starts inherits
-    that (a service started so would never stop its jobs). Only the main thread may set a handler."""
+    ignored or blocked. A shell script's background job starts with SIGINT ignored, a Ray worker's children with
+    it blocked, and every process they start inherits that (a service started so would never stop its jobs).
+    Only the main thread may set a handler."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _no_space(exc: OSError) -> int:

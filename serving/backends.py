@@ -22,6 +22,7 @@ from export.cli import ExitCode
 from serving.retry import wait_for_lock
 
 GRACE_SECONDS = 60  # how long a stopping compressor may take to write its checkpoint
+CANCEL_CHECK_SECONDS = 0.2  # how soon a Ray task notices its cancel
 
 
 @dataclass(frozen=True)
@@ -131,12 +132,18 @@ def run_compressor_task(argv: list[str], env: dict[str, str], log_path: str, loc
     """The body of a job's Ray task, on whichever node Ray placed it: the compressor as a child process.
 
     `ray.cancel(ref)` raises KeyboardInterrupt here, which becomes the compressor's SIGINT (checkpoint, exit 130);
-    if this Ray worker dies, the compressor gets SIGINT from the kernel (PR_SET_PDEATHSIG) and checkpoints too."""
+    if this Ray worker dies, the compressor gets SIGINT from the kernel (PR_SET_PDEATHSIG) and checkpoints too.
+    Ray raises it with `_thread.interrupt_main()`, which Python only acts on between bytecodes, never inside a
+    blocking `waitpid`: the wait is cut into slices, or a cancel would wait for the worker's GRACE_SECONDS."""
     lock = acquire_run_lock(Path(lock_path))
     with open(log_path, "ab") as log:
         proc = start_compressor(argv, {**os.environ, **env}, log, lock, cwd)
         try:
-            return proc.wait()
+            while True:
+                try:
+                    return proc.wait(timeout=CANCEL_CHECK_SECONDS)
+                except subprocess.TimeoutExpired:
+                    pass
         except KeyboardInterrupt:
             proc.send_signal(signal.SIGINT)
             try:
