@@ -55,6 +55,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _run_demo(_demo_folder(session.config._tmp_path_factory.getbasetemp()))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "heavy(seconds): a module that takes about this long on two busy cores; "
+                                       "pytest-xdist is handed the heaviest first")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Heaviest modules first (longest-processing-time order): pytest-xdist hands out modules in collection
+    order, and a heavy module started last keeps one worker busy after the other has run out of work. The sort
+    is stable, so each module's tests keep their file order (some share a server that the last one stops)."""
+    def seconds(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("heavy")
+        return marker.kwargs["seconds"] if marker else 0.0
+
+    items.sort(key=seconds, reverse=True)
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
     """One shortened `python -m compressor demo` per test session: its teacher, student and report are shared, by

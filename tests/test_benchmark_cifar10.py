@@ -6,9 +6,9 @@ import pytest
 
 from benchmarks.cifar10 import DEFAULT_ARCHIVE, main
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.heavy(seconds=146), pytest.mark.skipif(
     not DEFAULT_ARCHIVE.exists(), reason=f"CIFAR-10 archive not found at {DEFAULT_ARCHIVE} (../shared/datasets)"
-)
+)]
 
 
 def test_quick_benchmark_writes_results_and_default_beats_dfad(tmp_path):

@@ -17,6 +17,8 @@ from compressor.run_folder import RunPaths
 from tests.conftest import ROOT, run_cli
 from tests.helpers import main_in_process
 
+pytestmark = pytest.mark.heavy(seconds=86)
+
 
 @pytest.fixture(scope="module")
 def small_teacher(tmp_path_factory):

@@ -9,6 +9,8 @@ from compressor.engine import run
 from compressor.models import create_model
 from compressor.run_folder import RunPaths
 
+pytestmark = pytest.mark.heavy(seconds=175)
+
 
 def _tiny_config(tmp_path, name: str, steps: int = 6, dataset: str | None = None, pool_size: int = 50_000,
                  **method: object) -> RunConfig:

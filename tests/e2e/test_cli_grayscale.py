@@ -12,6 +12,8 @@ from export.metadata import read_metadata
 from export.onnx import cpu_session
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.heavy(seconds=71)
+
 
 @pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0"])
 def test_grey_torchvision_teacher_is_detected_and_distilled(tmp_path, arch):

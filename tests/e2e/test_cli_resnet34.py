@@ -3,12 +3,15 @@ chosen by trial, both budgets, the speed-up lines, the report and a verified ONN
 import json
 
 import numpy as np
+import pytest
 import torch
 import torchvision
 
 from export.metadata import read_metadata
 from export.onnx import cpu_session
 from tests.conftest import run_cli
+
+pytestmark = pytest.mark.heavy(seconds=113)
 
 
 def test_headline_command_at_224px_with_the_default_batch_size(tmp_path):

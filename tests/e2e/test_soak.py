@@ -4,7 +4,11 @@ full jobs disk (where this process may mount a tmpfs). Nothing may be lost, stuc
 """
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.soak import SoakConfig, render, run_soak
+
+pytestmark = pytest.mark.heavy(seconds=78)
 
 
 def test_a_short_soak_loses_nothing_and_leaves_nothing_behind(demo_run, tmp_path):

@@ -14,6 +14,8 @@ from compressor.methods import METHODS
 from compressor.run_folder import RunPaths
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.heavy(seconds=104)
+
 # The method's g generator updates per round (what the assertions count), and 3 student updates instead of its 10:
 # the ranks' agreement and the exact resume are the same at any k, and the three runs of the pair cost less.
 ARGS = ["--ratio", "0.1", "--steps", "4", "--eval-every", "2", "--batch-size", "32", "--student-steps", "3",
