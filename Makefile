@@ -28,13 +28,15 @@ ifeq ($(CHROMIUM),)
 endif
 
 # The linter first (seconds), then the suite on two pytest-xdist processes, a test file to each, one thread each
-# (the shared demo run is made before they start, on both cores). TEST_WORKERS=0 runs it in this process alone.
+# (the shared demo run is made before they start, on both cores), in the order conftest.py collects them: the
+# heaviest files first (xdist would otherwise hand out the files with the most tests first). TEST_WORKERS=0 runs
+# it in this process alone.
 # The 25 slowest tests are listed at the end, so that a test that grows slow is seen.
 TEST_WORKERS ?= 2
 
 test: install browser
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 # The service on 127.0.0.1:$(PORT), serving the demo's student unless COMPRESSOR_MODEL names another ONNX file.
 runs/demo/student.onnx:

@@ -61,9 +61,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Heaviest modules first (longest-processing-time order): pytest-xdist hands out modules in collection
-    order, and a heavy module started last keeps one worker busy after the other has run out of work. The sort
-    is stable, so each module's tests keep their file order (some share a server that the last one stops)."""
+    """Heaviest modules first (longest-processing-time order): with --no-loadscope-reorder (the Makefile's)
+    pytest-xdist hands out modules in collection order, and a heavy module started last keeps one worker busy
+    after the other has run out of work. The sort is stable, so each module's tests keep their file order (some
+    share a server that the last one stops)."""
     def seconds(item: pytest.Item) -> float:
         marker = item.get_closest_marker("heavy")
         return marker.kwargs["seconds"] if marker else 0.0

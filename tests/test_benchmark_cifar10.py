@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks.cifar10 import DEFAULT_ARCHIVE, main
 
-pytestmark = [pytest.mark.heavy(seconds=146), pytest.mark.skipif(
+pytestmark = [pytest.mark.heavy(seconds=115), pytest.mark.skipif(
     not DEFAULT_ARCHIVE.exists(), reason=f"CIFAR-10 archive not found at {DEFAULT_ARCHIVE} (../shared/datasets)"
 )]
 

@@ -17,7 +17,7 @@ from compressor.run_folder import RunPaths
 from tests.conftest import ROOT, run_cli
 from tests.helpers import main_in_process
 
-pytestmark = pytest.mark.heavy(seconds=86)
+pytestmark = pytest.mark.heavy(seconds=63)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from compressor.engine import run
 from compressor.models import create_model
 from compressor.run_folder import RunPaths
 
-pytestmark = pytest.mark.heavy(seconds=175)
+pytestmark = pytest.mark.heavy(seconds=125)
 
 
 def _tiny_config(tmp_path, name: str, steps: int = 6, dataset: str | None = None, pool_size: int = 50_000,

@@ -12,7 +12,7 @@ from export.metadata import read_metadata
 from export.onnx import cpu_session
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.heavy(seconds=71)
+pytestmark = pytest.mark.heavy(seconds=67)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0"])

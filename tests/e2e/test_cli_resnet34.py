@@ -11,7 +11,7 @@ from export.metadata import read_metadata
 from export.onnx import cpu_session
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.heavy(seconds=113)
+pytestmark = pytest.mark.heavy(seconds=104)
 
 
 def test_headline_command_at_224px_with_the_default_batch_size(tmp_path):

@@ -28,7 +28,7 @@ from export.onnx import cpu_session
 from serving.local import LocalServer
 from tests.payloads import torchscript_payload
 
-pytestmark = pytest.mark.heavy(seconds=118)
+pytestmark = pytest.mark.heavy(seconds=88)
 
 TOKEN = "test-token-3f9a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -28,7 +28,7 @@ from serving.local import LocalServer
 from tests.e2e.test_service import AUTH, start_server, wait_for
 from tests.e2e.test_service_reliability import front_process, job_status, submit
 
-pytestmark = pytest.mark.heavy(seconds=142)
+pytestmark = pytest.mark.heavy(seconds=128)
 
 BODY_TIMEOUT_S = 2.0
 

@@ -20,7 +20,7 @@ from export.onnx import cpu_session
 from serving.backends import GRACE_SECONDS
 from tests.e2e.test_service import AUTH, start_server
 
-pytestmark = pytest.mark.heavy(seconds=65)
+pytestmark = pytest.mark.heavy(seconds=52)
 
 pytest.importorskip("ray")
 

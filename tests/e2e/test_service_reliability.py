@@ -22,7 +22,7 @@ from benchmarks.serving import crowd, sample_png
 from serving.local import LocalServer
 from tests.e2e.test_service import AUTH, server, wait_for, workdir  # noqa: F401 (fixtures: a server of this module's own)
 
-pytestmark = pytest.mark.heavy(seconds=88)
+pytestmark = pytest.mark.heavy(seconds=74)
 
 
 def _processes(srv: LocalServer, marker: str) -> list[psutil.Process]:

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.soak import SoakConfig, render, run_soak
 
-pytestmark = pytest.mark.heavy(seconds=78)
+pytestmark = pytest.mark.heavy(seconds=70)
 
 
 def test_a_short_soak_loses_nothing_and_leaves_nothing_behind(demo_run, tmp_path):

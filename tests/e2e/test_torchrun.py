@@ -14,7 +14,7 @@ from compressor.methods import METHODS
 from compressor.run_folder import RunPaths
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.heavy(seconds=104)
+pytestmark = pytest.mark.heavy(seconds=82)
 
 # The method's g generator updates per round (what the assertions count), and 3 student updates instead of its 10:
 # the ranks' agreement and the exact resume are the same at any k, and the three runs of the pair cost less.
