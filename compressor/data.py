@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from compressor.atomic import save_atomically
 from compressor.config import NAMED_DATASETS
 from compressor.errors import CompressorError
 from compressor.image_archive import ArchiveFolder, Parts
@@ -234,14 +235,9 @@ def _from_blob(blob: dict) -> Split:
 
 def _keep(cache: Path, blob: dict) -> None:
     """A decoded copy in the cache folder; a read-only or full cache only costs the next run the decoding."""
-    tmp = cache.with_suffix(".tmp")
-    try:
+    with contextlib.suppress(OSError, RuntimeError):
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(blob, tmp)
-        os.replace(tmp, cache)
-    except (OSError, RuntimeError):  # torch.save reports a full disk as a RuntimeError
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        save_atomically(blob, cache)
 
 
 def _splits(has_folder: Callable[[str], bool], decode: Callable[[str | None], tuple[Split, list[str]]]

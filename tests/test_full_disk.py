@@ -1,13 +1,16 @@
 """A full disk is an error the run can report and the service can resume from, never a SIGBUS or a silent failure."""
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
+from compressor.atomic import save_atomically
 from export.cli import ExitCode
 from serving.exits import killed_by
 
@@ -39,6 +42,18 @@ def test_the_pool_meets_a_full_disk_as_an_oserror(small_disk):
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     word, errno, stored = done.stdout.split()
     assert word == "OSError" and int(errno) == 28 and 0 < int(stored) < 64 * 100
+
+
+def test_a_checkpoint_that_does_not_fit_is_an_enospc_and_the_last_one_stays_whole(small_disk):
+    """torch.save says "file write failed" (a RuntimeError); the run must see the OSError it is, to say so and be
+    resumed, and the checkpoint it replaces must survive."""
+    path = small_disk / "last.pt"
+    save_atomically({"step": 1, "w": torch.ones(10)}, path)
+    with pytest.raises(OSError) as failed:
+        save_atomically({"step": 2, "w": torch.ones(2_000_000)}, path)  # 8 MB on a 4 MB disk
+    assert failed.value.errno == errno.ENOSPC
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert sorted(p.name for p in small_disk.iterdir()) == ["last.pt"]  # no temporary file left
 
 
 @pytest.mark.parametrize(("returncode", "disk_full", "cause"), [

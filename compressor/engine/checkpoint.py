@@ -1,35 +1,18 @@
 """Checkpoint files: written atomically, in the background, and read back safely (`weights_only=True`)."""
 from __future__ import annotations
 
-import errno
-import os
-import shutil
 import threading
 from pathlib import Path
 
 import torch
 
+from compressor.atomic import save_atomically
 from compressor.errors import CompressorError, disk_full
-
-NEARLY_FULL_BYTES = 1 << 20
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically, so a crash mid-save never leaves a truncated checkpoint behind. torch.save reports a
-    full disk as a RuntimeError ("file write failed"); it is raised as the OSError it is, so that the run can say
-    so and the service resume it once space is free."""
-    tmp = path.with_suffix(".tmp")
-    try:
-        torch.save(state, tmp)
-    except RuntimeError:
-        tmp.unlink(missing_ok=True)
-        if shutil.disk_usage(path.parent).free < NEARLY_FULL_BYTES:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
-        raise
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    """Atomically, so a crash mid-save never leaves a truncated checkpoint behind; a full disk is an OSError."""
+    save_atomically(state, path)
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
