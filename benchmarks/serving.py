@@ -129,9 +129,8 @@ def server_cpu_seconds(server: LocalServer) -> float:
     """CPU time (user and system) of the server's processes so far: what it takes from the cores it shares."""
     import psutil
 
-    root = psutil.Process(server.proc.pid)
     total = 0.0
-    for proc in (root, *root.children(recursive=True)):
+    for proc in server.processes():
         try:
             times = proc.cpu_times()
             total += times.user + times.system

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from compressor.errors import CompressorError, first_line
@@ -51,10 +52,10 @@ class ArchiveFolder:
         return parts in self._folders
 
     def subfolders(self, parts: Parts) -> list[str]:
-        return sorted(f[-1] for f in self._folders if len(f) == len(parts) + 1 and f[:-1] == parts)
+        return _names_in(self._folders, parts)
 
     def image_names(self, parts: Parts) -> list[str]:
-        return sorted(p[-1] for p in self._images if len(p) == len(parts) + 1 and p[:-1] == parts)
+        return _names_in(self._images, parts)
 
     def open(self, parts: Parts) -> io.BytesIO:
         return io.BytesIO(self._images[parts])
@@ -62,3 +63,8 @@ class ArchiveFolder:
     def name_of(self, parts: Parts) -> str:
         """How an error names a member: the archive, then the member's path inside it."""
         return f"{self.archive}:{'/'.join(parts)}"
+
+
+def _names_in(paths: Iterable[Parts], folder: Parts) -> list[str]:
+    """The sorted names of the paths directly inside `folder`."""
+    return sorted(p[-1] for p in paths if len(p) == len(folder) + 1 and p[:-1] == folder)

@@ -62,14 +62,22 @@ class LocalServer:
             os.killpg(self.proc.pid, signal.SIGINT)
             self.proc.wait(timeout=timeout)
 
+    def processes(self) -> list:
+        """The server's process and every process under it (its workers, a running compressor); [] once it is gone."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
     def crash(self) -> None:
         """SIGKILL to every process the server started, a running compressor included: nothing cleans up."""
         import psutil
 
-        try:
-            tree = psutil.Process(self.proc.pid)
-            processes = [tree, *tree.children(recursive=True)]
-        except psutil.NoSuchProcess:
+        processes = self.processes()
+        if not processes:
             return
         for p in processes:
             try:
