@@ -143,6 +143,26 @@ def test_compiled_training_steps_train_the_same_and_a_failed_compile_falls_back(
             assert all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5) for k in a if k != "eval"), (name, a, b)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor's CUDA kernels need a GPU (the device lease runs it)")
+@pytest.mark.parametrize("mode", [{"compile": "inductor"}, {"label_ahead": False}], ids=["inductor", "labelled-in-step"])
+def test_on_cuda_each_step_mode_trains_as_the_eager_default(tmp_path, mode):
+    """What a GPU lease times must train the same before its speed counts: inductor's kernels, and the teacher
+    labelling each batch in its step (CUDA labels a round's batches ahead by default), against the eager default."""
+    lines = lambda name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    torch._dynamo.reset()
+    eager = run(_tiny_config(tmp_path, "eager", steps=4).model_copy(update={"device": "cuda"}), quiet=True).report
+    label_ahead = {"label_ahead": mode["label_ahead"]} if "label_ahead" in mode else {}
+    other = _tiny_config(tmp_path, "other", steps=4, **label_ahead).model_copy(
+        update={"device": "cuda", "compile": mode.get("compile")})
+    report = run(other, quiet=True).report
+    assert report["compile"] == ("training steps compiled with torch.compile (inductor)" if "compile" in mode else None)
+    assert eager["student_updates"] == report["student_updates"] == 8
+    for a, b in zip(lines("eager"), lines("other"), strict=True):
+        assert a.keys() == b.keys()
+        # bf16 autocast, and other kernels (fused, or chosen by cuDNN in another run) round differently
+        assert all(a[k] == pytest.approx(b[k], rel=5e-2, abs=5e-3) for k in a if k != "eval"), (a, b)
+
+
 @pytest.mark.parametrize("method", [{}, {"label_ahead": True}], ids=["default", "labelled-ahead"])
 def test_compiled_steps_are_traced_once_while_the_diversity_bank_fills(tmp_path, method):
     """The shapes a compiled round sees stay the same from the warm-up on: a diversity bank that grew with every
