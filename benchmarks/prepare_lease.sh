@@ -4,11 +4,12 @@
 #
 #   bash benchmarks/prepare_lease.sh
 #
-# .whl/     pydantic and pytest with what they need, as wheels for the device's Python 3.12 (it has torch, numpy
-#           and the rest, but neither of these), at the versions installed in .venv here
+# .whl/     pydantic, pytest and onnxconverter-common (the fp16 export) with what they need, as wheels for the
+#           device's Python 3.12 (it has torch, numpy, onnx and the rest, but not these), at the versions installed
+#           in .venv here
 # .data/    the CIFAR-10 archive, copied from ../shared/datasets
-# .before/  the tree before the no-sync change (4369a80), the first of gpu_step_check.sh's trials
-# Then carry [".whl", ".data", ".before"] (and a teacher under benchmarks/teachers/, where there is one).
+# Then carry [".whl", ".data"] (and a teacher under benchmarks/teachers/, where there is one). GPU busy % needs
+# nothing carried: benchmarks.gpu reads NVML through nvidia-ml-py, or nvidia-smi where that is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -18,11 +19,11 @@ ARCHIVE=${ARCHIVE:-../shared/datasets/cifar10-jpeg.tar.gz}
 
 exclude=$(git rev-parse --git-path info/exclude)
 mkdir -p "$(dirname "$exclude")"
-for path in /.whl/ /.data/ /.before/; do
+for path in /.whl/ /.data/; do
     grep -qxF "$path" "$exclude" 2>/dev/null || echo "$path" >> "$exclude"
 done
 
-packages=(pydantic pydantic_core annotated-types typing-inspection pytest pluggy iniconfig packaging pygments)
+packages=(pydantic pydantic_core annotated-types typing-inspection pytest pluggy iniconfig packaging pygments onnxconverter-common)
 pins=()
 for name in "${packages[@]}"; do
     pins+=("$name==$("$PYTHON" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name")")
@@ -36,5 +37,4 @@ done
     "${platforms[@]}" -d .whl "${pins[@]}"
 
 mkdir -p .data && cp "$ARCHIVE" .data/cifar10-jpeg.tar.gz
-rm -rf .before && mkdir .before && git archive 4369a80 compressor benchmarks | tar -x -C .before
-echo "ready to carry: .whl ($(ls .whl | wc -l) wheels, $(du -sh .whl | cut -f1)), .data ($(du -sh .data | cut -f1)), .before"
+echo "ready to carry: .whl ($(ls .whl | wc -l) wheels, $(du -sh .whl | cut -f1)), .data ($(du -sh .data | cut -f1))"

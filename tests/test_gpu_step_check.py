@@ -1,5 +1,6 @@
 """`benchmarks/gpu_step_check.sh`, the first call of a GPU lease: it must refuse, before any device time is spent,
 what would only fail later, and say why in one line."""
+import json
 import os
 import subprocess
 import sys
@@ -46,3 +47,25 @@ def test_a_teacher_that_fails_to_train_stops_the_check_and_says_so(tmp_path):
     assert "error: the teacher's training failed" in result.stderr
     assert (tmp_path / "out" / "teacher.log").read_text().strip()  # the recipe's own error is kept for reading
     assert not teacher.exists() and not (tmp_path / "out" / "cuda_tests.txt").exists()
+
+
+def test_a_dry_run_on_the_cpu_times_each_setting_and_writes_the_comparison(tmp_path):
+    """Without a teacher to train and without the CUDA tests, the call is the step modes' benchmark: a row per
+    method setting (one a line, blank lines skipped) in modes.json and the comparison in summary.txt. A benchmark
+    that fails fails the call."""
+    data = tmp_path / "cifar.tar.gz"
+    data.write_bytes(b"not read: no teacher is trained")
+    settings = dict(DATA=str(data), TEACHER="", TESTS="0", MODES="off", EXTRA="--tiny", WARM_UP="0",
+                    METHODS='\n{"student_steps": 3}\n')
+    result = check(tmp_path, PAIR="resnet14@16:resnet8", **settings)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "out" / "modes.json").read_text())["rows"]
+    assert [(row["method"], row["round"][1]) for row in rows] == [({"student_steps": 3}, 3)]
+    summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
+    assert summary[0] == "compared with eager at the same settings:" and len(summary) == 3
+    assert '| {"student_steps": 3} | g/k 10/3 |' in summary[1] and "(1.00x eager)" in summary[1]
+    assert not (tmp_path / "out" / "cuda_tests.txt").exists()
+
+    failed = check(tmp_path, PAIR="resnet14@x:resnet8", **settings)
+    assert failed.returncode == 1
+    assert failed.stderr.strip() == "error: the step modes' benchmark failed (exit 2): see modes.log"
