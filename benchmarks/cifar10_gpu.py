@@ -3,6 +3,7 @@
     python -m benchmarks.cifar10_gpu [--teacher PATH | --train-teacher --teacher-epochs 40 [--teacher-minutes M]]
                                      [--minutes 10] [--deadline-minutes 9.5] [--compile inductor | --cuda-graphs]
                                      [--method '{"diversity_weight": 0}'] [--eval-on val]
+                                     [--teacher-arch resnet34 --ratio 0.1 --export]   # the seed's shape
     python -m benchmarks.cifar10_gpu --tiny      # small shapes on the CPU: what the test suite runs
 
 Published reference for the pair (../shared/METHODS.md): Fast-10 89.29 % in 0.15 GPU-hours, CMI 90.01 % in 13.3.
@@ -59,14 +60,14 @@ def warm_up_and_trial_rounds(student_steps: int) -> tuple[int, int]:
     return rounds(WARM_UP_STUDENT_STEPS, 2, 5), rounds(TRIAL_STUDENT_STEPS, 8, 40)
 
 
-def distill_config(args, teacher: Path, out: Path, rounds: int, eval_npz: Path | None) -> RunConfig:
+def distill_config(args, teacher: Path, out: Path, rounds: int, eval_npz: Path | None, export: bool = False) -> RunConfig:
     fields = preset_overrides("paper")
     fields.update(steps=rounds, batch_size=16 if args.tiny else fields["batch_size"], compile=args.compile,
                   cuda_graphs=args.cuda_graphs)
+    student = StudentConfig(ratio=args.ratio) if args.ratio else StudentConfig(name=args.student)
     return RunConfig(
         out_dir=str(out), preset="paper", teacher=TeacherConfig(path=str(teacher)),
-        student=StudentConfig(name=args.student), method=args.method, device=args.device, seed=args.seed,
-        export_onnx=False,
+        student=student, method=args.method, device=args.device, seed=args.seed, export_onnx=export,
         eval=EvalConfig(dataset=str(eval_npz) if eval_npz else None, eval_every=max(1, rounds // args.eval_points)),
         **fields,
     )
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-batch-size", type=int, default=128)
     p.add_argument("--teacher-lr", type=float, default=0.1, help="the teacher's one-cycle peak")
     p.add_argument("--student", default="wrn_16_1")
+    p.add_argument("--ratio", type=float, help="instead of --student: the default MACs-budgeted student at this share")
+    p.add_argument("--export", action="store_true",
+                   help="export the student to ONNX and time it against the teacher on ONNX Runtime's CPU provider")
     p.add_argument("--minutes", type=float, default=10.0, help="GPU minutes for the distillation (the target's budget)")
     p.add_argument("--deadline-minutes", type=float, help="the whole script's time: the distillation gets what is left")
     p.add_argument("--eval-points", type=int, default=10)
@@ -151,7 +155,7 @@ def _benchmark(args, started: float, argv: list[str] | None) -> int:
     rounds, result["trial"] = _rounds_for_budget(args, teacher, eval_npz, started)
     save()
 
-    report = run(distill_config(args, teacher, args.work_dir / "run", rounds, eval_npz), quiet=True).report
+    report = run(distill_config(args, teacher, args.work_dir / "run", rounds, eval_npz, args.export), quiet=True).report
     result["student"] = _student_record(args, report, rounds)
     result["wall_seconds"] = time.time() - started
     save()
@@ -220,6 +224,7 @@ def _student_record(args, report: dict, rounds: int) -> dict:
         "distill_seconds": report["wall_seconds"], "gpu_minutes": report["wall_seconds"] / 60,
         "images_per_second": report["images_per_second"], "compile": report["compile"],
         "cuda_graphs": report["cuda_graphs"],
+        "onnx_cpu_speedup": ((report.get("deployment") or {}).get("cpu_speed") or {}).get("speedup"),
     }
 
 

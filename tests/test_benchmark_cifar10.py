@@ -57,14 +57,15 @@ def test_bad_teacher_recipe_is_a_clear_error(tmp_path, capsys, option, value, me
 def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(tmp_path):
     """`python -m benchmarks.cifar10_gpu --tiny`: the GPU target's script end to end on the CPU (a 2 % subset), with
     the options a lease tunes: the teacher's batch and peak learning rate, compiled training steps (the `eager`
-    backend here, which needs no compiler), the method's settings, and the validation split to compare them on."""
+    backend here, which needs no compiler), the method's settings, and the validation split to compare them on;
+    and the seed's shape: the MACs-budgeted student at a ratio, exported and timed against its teacher."""
     from benchmarks.cifar10_gpu import main as gpu_main
 
     method = '{"generator_steps": 2, "student_steps": 3, "diversity_weight": 0}'  # g = 2: a cheaper round, same logic
 
     out = tmp_path / "gpu.json"
     assert gpu_main(["--tiny", "--minutes", "0.2", "--teacher-batch-size", "50", "--teacher-lr", "0.05", "--teacher-minutes", "1",
-                     "--compile", "eager", "--method", method, "--eval-on", "val",
+                     "--compile", "eager", "--method", method, "--eval-on", "val", "--ratio", "0.3", "--export",
                      "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["teacher"]["arch"] == "resnet14" and 0 <= result["teacher"]["accuracy"]["full"] <= 1
@@ -75,7 +76,9 @@ def test_gpu_benchmark_trains_a_teacher_and_fits_the_distillation_to_its_budget(
     assert result["student"]["cuda_graphs"] is None  # not asked for
     assert (tmp_path / "work" / "cifar10_resnet14.pth").is_file()
     student = result["student"]
-    assert student["arch"] == "resnet8" and student["ratio"] < 1
+    assert 0.25 < student["ratio"] <= 0.3  # the budgeted student: as close under the budget as its widths allow
+    assert set(student["onnx_cpu_speedup"]) == {"1", "64"} and all(x > 0 for x in student["onnx_cpu_speedup"].values())
+    assert (tmp_path / "work" / "run" / "student.onnx").is_file()
     # The rounds follow from the budget less --tiny's 2 + 1 evaluations, at the trial's measured seconds per round
     # and per evaluation (never fewer rounds than the trial's).
     trial = result["trial"]
