@@ -138,7 +138,7 @@ class Pair:
 
 
 def pair_config(pair: Pair, teacher_path: Path, out: Path, rounds: int, device: str, tiny: bool, method: MethodSettings,
-                compile_backend: str | None, cuda_graphs: bool) -> RunConfig:
+                compile_backend: str | None, cuda_graphs: bool, export: bool) -> RunConfig:
     fields = {**preset_overrides("paper"), "steps": rounds}
     if tiny:
         fields["batch_size"] = 16
@@ -147,13 +147,14 @@ def pair_config(pair: Pair, teacher_path: Path, out: Path, rounds: int, device: 
         teacher=TeacherConfig(path=str(teacher_path), input_size=pair.size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
         student=pair.student, generator=GeneratorConfig(width=8 if tiny else 64),
         eval=EvalConfig(eval_every=max(1, rounds // 2)), device=device, compile=compile_backend, cuda_graphs=cuda_graphs,
-        **fields,
+        export_onnx=export, **fields,
     )
 
 
 def run_pair(pair: Pair, rounds: int, device: str, tiny: bool, work: Path, compile_backend: str | None = None,
-             cuda_graphs: bool = False, method: MethodSettings | None = None, warm_up: int = 0) -> dict:
-    """One row: `warm_up` rounds apart (not timed), then `rounds` timed ones."""
+             cuda_graphs: bool = False, method: MethodSettings | None = None, warm_up: int = 0, export: bool = True) -> dict:
+    """One row: `warm_up` rounds apart (not timed, never exported), then `rounds` timed ones, and the run's finish
+    (the export too, unless `export` is off: the time after the last step is a product figure)."""
     method = method or MethodSettings()
     if compile_backend:
         # Each run compiles its own steps: past dynamo's recompile limit (8) a later row would silently run eagerly.
@@ -163,17 +164,17 @@ def run_pair(pair: Pair, rounds: int, device: str, tiny: bool, work: Path, compi
     teacher_path = work / f"{pair.arch}.pth"
     torch.save(create_model(pair.arch, num_classes=10).state_dict(), teacher_path)
 
-    def config(out: str, n: int) -> RunConfig:
-        return pair_config(pair, teacher_path, work / out, n, device, tiny, method, compile_backend, cuda_graphs)
+    def config(out: str, n: int, export: bool) -> RunConfig:
+        return pair_config(pair, teacher_path, work / out, n, device, tiny, method, compile_backend, cuda_graphs, export)
 
     cold_setup = None
     if warm_up:
-        cold_setup = run(config("warm-up", warm_up), quiet=True).report["timing"]["setup_seconds"]
+        cold_setup = run(config("warm-up", warm_up, False), quiet=True).report["timing"]["setup_seconds"]
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.time()
     with BusySampler(enabled=device == "cuda") as sampler:
-        report = run(config("run", rounds), quiet=True).report
+        report = run(config("run", rounds, export), quiet=True).report
     ended = time.time()
     timing = report["timing"]
     loop_start = started + timing["setup_seconds"]
@@ -182,7 +183,7 @@ def run_pair(pair: Pair, rounds: int, device: str, tiny: bool, work: Path, compi
     return {
         "pair": pair.label, "student": report["student"]["arch"], "student_params": report["student"]["params"],
         "method": method.model_dump(exclude_unset=True), "round": [g, k], "warm_up_rounds": warm_up,
-        "steps": rounds, "student_updates": rounds * k, "batch_size": report["batch_size"],
+        "steps": rounds, "student_updates": rounds * k, "exported": export, "batch_size": report["batch_size"],
         "ms_per_round": 1000 * timing["train_seconds"] / rounds,
         "steps_per_second": rounds / timing["loop_seconds"],
         "images_per_second": report["images_per_second"],
@@ -238,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm-up", type=int, default=0, metavar="ROUNDS", help="rounds run apart before each timed run")
     p.add_argument("--method", action="append", metavar="JSON",
                    help="the default method's settings that differ, a row each (repeatable; default: the defaults)")
+    p.add_argument("--no-export", dest="export", action="store_false",
+                   help="end each run without its ONNX export (comparing step modes, where only the rounds count)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--tiny", action="store_true", help=f"small shapes and {TINY_ROUNDS} rounds on the CPU (a smoke test)")
     p.add_argument("--compile", default="off", help="comma-separated ways to run each pair's steps: 'off' (eager), "
@@ -263,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             backend = None if mode in ("off", "", "cuda-graphs") else mode
             try:
                 row = run_pair(pair, rounds_for(args, method), device, args.tiny, Path(tmp), backend,
-                               cuda_graphs=mode == "cuda-graphs", method=method, warm_up=args.warm_up)
+                               cuda_graphs=mode == "cuda-graphs", method=method, warm_up=args.warm_up,
+                               export=args.export)
             except CompressorError as exc:  # the rows before it are kept in the file
                 print(f"error: {pair.label}: {exc}", file=sys.stderr)
                 return 2

@@ -12,8 +12,8 @@
 # 2. The step modes (MODES: eager, CUDA graphs, inductor) on the published pair (PAIR, a random teacher: speed does
 #    not depend on weights), each with every method setting in METHODS (labelling ahead on and off, the default
 #    round and k = 40), timed by `benchmarks.gpu` at the same student work (UPDATES) after WARM_UP rounds run apart:
-#    milliseconds per round, GPU busy % and the seconds before the first and after the last round. modes.json is
-#    written after each row; summary.txt compares each mode with eager at the same settings.
+#    milliseconds per round, GPU busy % and the seconds before the first round (no export: only the rounds count
+#    here). modes.json is written after each row; summary.txt compares each mode with eager at the same settings.
 # Environment: OUT (required), DATA (.data/cifar10-jpeg.tar.gz), TEACHER (benchmarks/teachers/cifar10_wrn_40_2.pth;
 # empty: none), TEACHER_MINUTES (unset: a missing teacher is an error), TEACHER_RECIPE (`benchmarks.cifar10
 # teacher`'s arguments), TESTS (1), MODES (off,cuda-graphs,inductor), PAIR (wrn_40_2@32:wrn_16_1), METHODS (one
@@ -66,7 +66,7 @@ while IFS= read -r method; do
 done <<< "$METHODS"
 # shellcheck disable=SC2086  # EXTRA is a list of arguments
 python3 -m benchmarks.gpu --pairs "$PAIR" --compile "$MODES" --student-updates "$UPDATES" --warm-up "$WARM_UP" \
-    "${method_args[@]}" --out "$OUT/modes.json" $EXTRA > "$OUT/modes.log" 2>&1
+    --no-export "${method_args[@]}" --out "$OUT/modes.json" $EXTRA > "$OUT/modes.log" 2>&1
 status=$?
 sed -n '/^compared with eager/,$p' "$OUT/modes.log" | tee "$OUT/summary.txt"
 [ $status -eq 0 ] || { echo "error: the step modes' benchmark failed (exit $status): see modes.log" >&2; exit 1; }

@@ -18,7 +18,7 @@ def test_tiny_gpu_benchmark_runs_on_cpu_and_reports_every_figure(tmp_path, capsy
     assert [row["method"] for row in rows] == [{}, {"student_steps": 3}]
     assert [row["round"] for row in rows] == [list(METHODS["default"].default_round), [METHODS["default"].default_round[0], 3]]
     for row in rows:
-        assert row["steps"] == 4 and row["student_updates"] == 4 * row["round"][1]
+        assert row["steps"] == 4 and row["student_updates"] == 4 * row["round"][1] and row["exported"] is True
         assert row["ms_per_round"] > 0 and row["steps_per_second"] > 0 and row["images_per_second"] > 0
         assert row["seconds_to_first_step"] > 0 and row["seconds_after_last_step"] > 0
         assert row["gpu_busy_percent"] is None and row["peak_gpu_memory_gb"] is None  # no GPU here: unknown, not zero
@@ -29,8 +29,9 @@ def test_each_pair_runs_once_per_step_mode_and_says_what_it_ran(tmp_path, capsys
     """`--compile off,cuda-graphs`: a row per mode, in order; on the CPU the graphed row says it ran eagerly and why,
     and the closing comparison puts each row against eager at the same settings."""
     out = tmp_path / "gpu.json"
-    assert main(["--tiny", "--compile", "off,cuda-graphs", "--out", str(out)]) == 0
+    assert main(["--tiny", "--compile", "off,cuda-graphs", "--no-export", "--out", str(out)]) == 0
     eager, graphed = json.loads(out.read_text())["rows"]
+    assert eager["exported"] is graphed["exported"] is False
     assert (eager["mode"], graphed["mode"]) == ("off", "cuda-graphs")
     assert eager["pair"] == graphed["pair"] and eager["cuda_graphs"] is None and graphed["compile"] is None
     assert graphed["cuda_graphs"] == "CUDA graphs need a CUDA device (this run is on cpu): both steps run eagerly"

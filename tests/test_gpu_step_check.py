@@ -60,7 +60,7 @@ def test_a_dry_run_on_the_cpu_times_each_setting_and_writes_the_comparison(tmp_p
     result = check(tmp_path, PAIR="resnet14@16:resnet8", **settings)
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "out" / "modes.json").read_text())["rows"]
-    assert [(row["method"], row["round"][1]) for row in rows] == [({"student_steps": 3}, 3)]
+    assert [(row["method"], row["round"][1], row["exported"]) for row in rows] == [({"student_steps": 3}, 3, False)]
     summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
     assert summary[0] == "compared with eager at the same settings:" and len(summary) == 3
     assert '| {"student_steps": 3} | g/k 10/3 |' in summary[1] and "(1.00x eager)" in summary[1]
