@@ -64,7 +64,8 @@ class BusySampler:
         self._nvml_handle = self._open_nvml() if enabled else None
         self._smi_command = self._smi() if enabled and self._nvml_handle is None else None
         self._process: subprocess.Popen | None = None
-        self._thread = threading.Thread(target=self._poll_nvml if self._nvml_handle else self._read_smi, daemon=True)
+        self._thread = threading.Thread(target=self._poll_nvml if self._nvml_handle is not None else self._read_smi,
+                                        daemon=True)
 
     @property
     def source(self) -> str | None:
