@@ -63,8 +63,13 @@ class MetricsLog:
         if values["diversity"] < 0.02 * self.first_diversity:
             self.warn(f"generator collapse suspected at step {step} (batch diversity {values['diversity']:.4f})")
 
-    def round_done(self) -> None:
-        if not self.buffers or time.time() - self.last_flush > FLUSH_SECONDS:
+    def flush_due(self) -> bool:
+        """Whether this round's end writes the buffer: on CUDA that waits for the GPU, so the loop waits first,
+        inside the round's timing, and the round's queued kernels count as training time."""
+        return not self.buffers or time.time() - self.last_flush > FLUSH_SECONDS
+
+    def round_done(self, flush: bool) -> None:
+        if flush:
             self.flush()
         self.bar.update(1)
 

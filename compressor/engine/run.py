@@ -84,8 +84,9 @@ def train(ctx: RunContext, parts: Parts, steps: Steps, state: TrainState, evalua
             tic = time.time()
             logs = play_round(ctx, parts, steps, state, seen)
             evaluates = state.step % cfg.eval.eval_every == 0 or state.step == cfg.steps
-            if evaluates and ctx.on_cuda:
-                torch.cuda.synchronize(ctx.device)  # the round's queued kernels are training time, not evaluation's
+            flushes = metrics.flush_due()
+            if (evaluates or flushes) and ctx.on_cuda:
+                torch.cuda.synchronize(ctx.device)  # its queued kernels are training time, not evaluation's or the log's
             seen.train_seconds += time.time() - tic
             record = {"step": state.step, "lr": state.sched_s.get_last_lr()[0]}
             metrics.add(record, logs)
@@ -93,7 +94,7 @@ def train(ctx: RunContext, parts: Parts, steps: Steps, state: TrainState, evalua
                 evaluate(ctx, parts, state, evaluation, metrics, record)
                 save_periodic(ctx, state, writer)
                 checkpointed = state.step
-            metrics.round_done()
+            metrics.round_done(flushes)
             if state.step == first + 1 and cfg.steps > state.step:
                 took, left = time.time() - tic, cfg.steps - state.step
                 metrics.announce(f"first round took {took:.1f} s: about {took * left / 60:.1f} min for the {left} "
