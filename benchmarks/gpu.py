@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from benchmarks.cifar10_gpu import method_settings
 from compressor.config import (
@@ -43,7 +44,7 @@ from compressor.config import (
     preset_overrides,
 )
 from compressor.engine import run
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, first_problem
 from compressor.models import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -130,7 +131,10 @@ class Pair:
             ratio = float(student)
         except ValueError:
             ratio = None
-        self.student = StudentConfig(name=student) if ratio is None else StudentConfig(ratio=ratio)
+        try:
+            self.student = StudentConfig(name=student) if ratio is None else StudentConfig(ratio=ratio)
+        except ValidationError as exc:
+            raise CompressorError(f"--pairs: {text!r}: {first_problem(exc)}") from None
 
     @property
     def label(self) -> str:
@@ -140,13 +144,15 @@ class Pair:
 
 def pair_config(pair: Pair, teacher_path: Path, out: Path, rounds: int, device: str, tiny: bool, method: MethodSettings,
                 compile_backend: str | None, cuda_graphs: bool, export: bool) -> RunConfig:
+    """A run's configuration, on copies of the pair's student and the method's settings: the engine fills in the
+    student it resolves, and a later run given the same object would skip the budget's search."""
     fields = {**preset_overrides("paper"), "steps": rounds}
     if tiny:
         fields["batch_size"] = 16
     return RunConfig(
-        out_dir=str(out), preset="paper", method=method,
+        out_dir=str(out), preset="paper", method=method.model_copy(deep=True),
         teacher=TeacherConfig(path=str(teacher_path), input_size=pair.size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
-        student=pair.student, generator=GeneratorConfig(width=8 if tiny else 64),
+        student=pair.student.model_copy(deep=True), generator=GeneratorConfig(width=8 if tiny else 64),
         eval=EvalConfig(eval_every=max(1, rounds // 2)), device=device, compile=compile_backend, cuda_graphs=cuda_graphs,
         export_onnx=export, **fields,
     )

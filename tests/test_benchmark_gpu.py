@@ -4,7 +4,7 @@ import json
 import os
 import time
 
-from benchmarks.gpu import BusySampler, main, rounds_for
+from benchmarks.gpu import BusySampler, Pair, main, rounds_for, run_pair
 from compressor.config import MethodSettings
 from compressor.methods import METHODS
 
@@ -51,10 +51,21 @@ def test_student_updates_become_rounds_of_each_settings_k_and_bad_arguments_are_
     assert main(["--tiny", "--pairs", "resnet8@x:0.3"]) == 2
     assert main(["--tiny", "--method", '{"student_step": 3}']) == 2
     assert main(["--tiny", "--pairs", "resnet8@16:resnet14"]) == 2  # a named student, refused as its row is built
+    assert main(["--tiny", "--pairs", "resnet8@16:1.5"]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert errors[0] == "error: --pairs: 'resnet8@x:0.3' is not arch@size:ratio or arch@size:student_arch"
     assert errors[1].startswith("error: --method: student_step")
-    assert errors[2].startswith("error: resnet8 @ 16 px -> resnet14: student resnet14 has") and len(errors) == 3
+    assert errors[2].startswith("error: resnet8 @ 16 px -> resnet14: student resnet14 has")
+    assert errors[3] == "error: --pairs: 'resnet8@16:1.5': ratio: ratio must be in (0, 1), got 1.5" and len(errors) == 4
+
+
+def test_each_run_resolves_its_own_student(tmp_path):
+    """The engine writes the student it resolved into its config: the pair's own config must stay unresolved, or
+    every run after the first (the timed one after a warm-up too) would skip the budget's search."""
+    pair = Pair("resnet8@16:0.3")
+    row = run_pair(pair, 1, "cpu", True, tmp_path, warm_up=1, export=False)
+    assert row["student_params"] > 0
+    assert pair.student.arch is None and pair.student.spec is None and pair.student.ratio == 0.3
 
 
 def test_gpu_busy_is_read_from_nvidia_smi_where_nvml_is_missing(tmp_path, monkeypatch):
@@ -65,13 +76,14 @@ def test_gpu_busy_is_read_from_nvidia_smi_where_nvml_is_missing(tmp_path, monkey
     tool.write_text(f'#!/bin/sh\necho "$@" > {asked}\nwhile :; do echo 57; sleep 0.02; done\n')
     tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(BusySampler, "_open_nvml", lambda self: None)  # as where nvidia-ml-py is missing, GPU or not
     started = time.time()
     with BusySampler(interval=0.05) as sampler:
         time.sleep(0.6)
     assert sampler.source == "nvidia-smi"
     assert len(sampler.samples) >= 3 and sampler.mean_between(started, time.time()) == 57
     assert "--query-gpu=utilization.gpu" in asked.read_text() and "--loop-ms=50" in asked.read_text()
-    assert sampler._process.returncode is not None  # the tool's loop ended with the sampler
+    assert not sampler._thread.is_alive() and sampler._process.returncode is not None  # the tool ended with the sampler
     with BusySampler(enabled=False) as off:
         time.sleep(0.1)
     assert off.source is None and off.samples == []
