@@ -14,7 +14,7 @@
 #    round and k = 40), timed by `benchmarks.gpu` at the same student work (UPDATES) after WARM_UP rounds run apart:
 #    milliseconds per round, GPU busy % and the seconds before the first round (no export: only the rounds count
 #    here). modes.json is written after each row; summary.txt compares each mode with eager at the same settings.
-# Environment: OUT (required), DATA (.data/cifar10-jpeg.tar.gz), TEACHER (benchmarks/teachers/cifar10_wrn_40_2.pth;
+# Environment: OUT (required), DATA (.data/cifar10-jpeg.tar.gz, read only to train the teacher), TEACHER (benchmarks/teachers/cifar10_wrn_40_2.pth;
 # empty: none), TEACHER_MINUTES (unset: a missing teacher is an error), TEACHER_RECIPE (`benchmarks.cifar10
 # teacher`'s arguments), TESTS (1), MODES (off,cuda-graphs,inductor), PAIR (wrn_40_2@32:wrn_16_1), METHODS (one
 # JSON object a line), UPDATES (240), WARM_UP (2), EXTRA (more arguments for benchmarks.gpu, e.g. "--device cpu").
@@ -34,14 +34,14 @@ METHODS=${METHODS:-'{}
 UPDATES=${UPDATES:-240}
 WARM_UP=${WARM_UP:-2}
 EXTRA=${EXTRA:-}
-[ -e "$DATA" ] || { echo "error: $DATA not found (carry it, or set DATA)" >&2; exit 2; }
 mkdir -p "$OUT"
 
-if [ -n "$TEACHER" ] && [ ! -e "$TEACHER" ]; then
+if [ -n "$TEACHER" ] && [ ! -e "$TEACHER" ]; then  # only the teacher's training reads the data
     if [ -z "$TEACHER_MINUTES" ]; then
         echo "error: $TEACHER not found (carry it, set TEACHER, or set TEACHER_MINUTES to train it first)" >&2
         exit 2
     fi
+    [ -e "$DATA" ] || { echo "error: $DATA not found (carry it, or set DATA)" >&2; exit 2; }
     mkdir -p "$(dirname "$TEACHER")"
     # shellcheck disable=SC2086  # TEACHER_RECIPE is a list of arguments
     python3 -m benchmarks.cifar10 teacher $TEACHER_RECIPE --minutes "$TEACHER_MINUTES" --data "$DATA" \

@@ -21,18 +21,16 @@ def check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
 
 
-def test_a_missing_dataset_or_teacher_is_refused_in_one_line(tmp_path):
-    data = tmp_path / "cifar.tar.gz"
-    missing_data = check(tmp_path, DATA=str(data))
-    assert missing_data.returncode == 2
-    assert missing_data.stderr.strip() == f"error: {data} not found (carry it, or set DATA)"
-
-    data.write_bytes(b"not read before the teacher is found")
-    teacher = tmp_path / "teacher.pth"
+def test_a_missing_teacher_or_the_data_to_train_it_is_refused_in_one_line(tmp_path):
+    data, teacher = tmp_path / "cifar.tar.gz", tmp_path / "teacher.pth"
     missing_teacher = check(tmp_path, DATA=str(data), TEACHER=str(teacher))
     assert missing_teacher.returncode == 2
     assert "set TEACHER_MINUTES to train it first" in missing_teacher.stderr
-    assert not (tmp_path / "out" / "cuda_tests.txt").exists()  # nothing ran
+
+    missing_data = check(tmp_path, DATA=str(data), TEACHER=str(teacher), TEACHER_MINUTES="1")
+    assert missing_data.returncode == 2
+    assert missing_data.stderr.strip() == f"error: {data} not found (carry it, or set DATA)"
+    assert not (tmp_path / "out" / "cuda_tests.txt").exists() and not teacher.exists()  # nothing ran
 
 
 def test_a_teacher_that_fails_to_train_stops_the_check_and_says_so(tmp_path):
@@ -50,12 +48,10 @@ def test_a_teacher_that_fails_to_train_stops_the_check_and_says_so(tmp_path):
 
 
 def test_a_dry_run_on_the_cpu_times_each_setting_and_writes_the_comparison(tmp_path):
-    """Without a teacher to train and without the CUDA tests, the call is the step modes' benchmark: a row per
-    method setting (one a line, blank lines skipped) in modes.json and the comparison in summary.txt. A benchmark
-    that fails fails the call."""
-    data = tmp_path / "cifar.tar.gz"
-    data.write_bytes(b"not read: no teacher is trained")
-    settings = dict(DATA=str(data), TEACHER="", TESTS="0", MODES="off", EXTRA="--tiny", WARM_UP="0",
+    """Without a teacher to train (so without the data) and without the CUDA tests, the call is the step modes'
+    benchmark: a row per method setting (one a line, blank lines skipped) in modes.json and the comparison in
+    summary.txt. A benchmark that fails fails the call."""
+    settings = dict(DATA=str(tmp_path / "absent.tar.gz"), TEACHER="", TESTS="0", MODES="off", EXTRA="--tiny", WARM_UP="0",
                     METHODS='\n{"student_steps": 3}\n')
     result = check(tmp_path, PAIR="resnet14@16:resnet8", **settings)
     assert result.returncode == 0, result.stderr
