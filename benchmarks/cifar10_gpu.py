@@ -64,7 +64,7 @@ def distill_config(args, teacher: Path, out: Path, rounds: int, eval_npz: Path |
     fields = preset_overrides("paper")
     fields.update(steps=rounds, batch_size=16 if args.tiny else fields["batch_size"], compile=args.compile,
                   cuda_graphs=args.cuda_graphs)
-    student = StudentConfig(ratio=args.ratio) if args.ratio else StudentConfig(name=args.student)
+    student = StudentConfig(name=args.student) if args.ratio is None else StudentConfig(ratio=args.ratio)
     return RunConfig(
         out_dir=str(out), preset="paper", teacher=TeacherConfig(path=str(teacher)),
         student=student, method=args.method, device=args.device, seed=args.seed, export_onnx=export,
@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-minutes", type=float, help="fit the teacher's epochs to this wall time")
     p.add_argument("--teacher-batch-size", type=int, default=128)
     p.add_argument("--teacher-lr", type=float, default=0.1, help="the teacher's one-cycle peak")
-    p.add_argument("--student", default="wrn_16_1")
-    p.add_argument("--ratio", type=float, help="instead of --student: the default MACs-budgeted student at this share")
+    students = p.add_mutually_exclusive_group()
+    students.add_argument("--student", default="wrn_16_1")
+    students.add_argument("--ratio", type=float, help="instead of --student: the default MACs-budgeted student at this share")
     p.add_argument("--export", action="store_true",
                    help="export the student to ONNX and time it against the teacher on ONNX Runtime's CPU provider")
     p.add_argument("--minutes", type=float, default=10.0, help="GPU minutes for the distillation (the target's budget)")
@@ -111,10 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error("choose --compile or --cuda-graphs, not both: each takes over the training steps")
     try:
         args.method = method_settings(args.method)
+        if args.ratio is not None:
+            student_ratio(args.ratio)
         return _benchmark(args, started, argv)
     except CompressorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def student_ratio(ratio: float) -> StudentConfig:
+    """--ratio as a validated student, refused as one line before any data is read or device time is spent."""
+    try:
+        return StudentConfig(ratio=ratio)
+    except ValidationError as exc:
+        raise CompressorError(f"--ratio: {first_problem(exc)}") from None
 
 
 def method_settings(text: str) -> MethodSettings:

@@ -152,3 +152,17 @@ def test_compiled_steps_and_cuda_graphs_together_are_refused(tmp_path, capsys):
     assert stop.value.code == 2
     assert "choose --compile or --cuda-graphs, not both" in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
+
+
+def test_a_bad_student_ratio_is_a_clear_error(tmp_path, capsys):
+    """--ratio outside (0, 1) is refused as one line and exit 2 before any data is read; --student with it is a
+    parser error."""
+    from benchmarks.cifar10_gpu import main as gpu_main
+
+    out = tmp_path / "gpu.json"
+    assert gpu_main(["--tiny", "--ratio", "1.5", "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --ratio: ratio: ratio must be in (0, 1), got 1.5"
+    with pytest.raises(SystemExit) as stop:
+        gpu_main(["--tiny", "--ratio", "0.1", "--student", "resnet8", "--work-dir", str(tmp_path / "work")])
+    assert stop.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "work").exists()
