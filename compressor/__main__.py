@@ -4,9 +4,15 @@ Every user mistake ends as one line on stderr and exit code 2, never a traceback
 """
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__main__":
+    # SIGINT waits for main() to take it (`take_ctrl_c`). One that lands while torch's C module imports numpy is
+    # swallowed there (numpy is optional to torch), and the run would start as if it had never been stopped.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
 import argparse
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -193,8 +199,12 @@ def demo(argv: list[str]) -> RunResult:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    take_ctrl_c()
-    from compressor.engine import ChecksFailed, Interrupted, run
+    try:
+        take_ctrl_c()  # a SIGINT held since the start lands here
+        from compressor.engine import ChecksFailed, Interrupted, run
+    except KeyboardInterrupt:
+        print("interrupted before the run started: nothing was written", file=sys.stderr)
+        return ExitCode.INTERRUPTED
 
     try:
         if argv[:1] == ["demo"]:

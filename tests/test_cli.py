@@ -94,6 +94,36 @@ def test_malicious_checkpoint_exits_2_and_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+def test_a_sigint_while_torch_imports_numpy_stops_the_run(tmp_path, small_teacher):
+    """torch's C module imports numpy and, numpy being optional to it, swallows whatever that import raises. A
+    SIGINT landing there (a cancel just after a job started, under load) was lost: the run trained on until the
+    service killed it after its 60 s grace. Here the process sends itself SIGINT as numpy's import begins."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(textwrap.dedent("""
+        import os, signal, sys
+
+        class SigintAtNumpy:
+            fired = False
+
+            def find_spec(self, name, path=None, target=None):
+                if name == "numpy" and not SigintAtNumpy.fired:
+                    SigintAtNumpy.fired = True
+                    os.kill(os.getpid(), signal.SIGINT)
+                return None
+
+        sys.meta_path.insert(0, SigintAtNumpy())
+    """))
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "compressor", "--teacher", str(small_teacher), "--ratio", "0.2", "--out", str(out),
+         "--steps", "2", "--batch-size", "8", "--no-onnx", "--quiet"],
+        env={**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == "interrupted before the run started: nothing was written"
+    assert not out.exists()
+
+
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, small_teacher):
     """Started with SIGINT ignored, as a shell script's background job is, and blocked, as a Ray worker's children
     are: the compressor still takes it."""
