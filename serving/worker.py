@@ -170,7 +170,9 @@ class Worker:
                 self.store.finish(job.job_id, "failed", "the compressor finished without writing student.onnx")
         elif self.store.cancel_requested(job.job_id):
             self.store.finish(job.job_id, "cancelled")
-            self.store.add_note(job.job_id, f"cancelled at step {tail.progress.step}; its checkpoint is kept")
+            kept = RunPaths(self.store.run_dir(job.job_id)).last.is_file()
+            self.store.add_note(job.job_id, f"cancelled at step {tail.progress.step}; its checkpoint is kept" if kept
+                                else "cancelled before the run wrote a checkpoint")
         elif (rc == ExitCode.INTERRUPTED or rc < 0) and self.should_stop():
             pass  # the service is going away (a job slow to checkpoint is killed): it is resumed at the next start
         else:
