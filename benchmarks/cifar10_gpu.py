@@ -64,10 +64,9 @@ def distill_config(args, teacher: Path, out: Path, rounds: int, eval_npz: Path |
     fields = preset_overrides("paper")
     fields.update(steps=rounds, batch_size=16 if args.tiny else fields["batch_size"], compile=args.compile,
                   cuda_graphs=args.cuda_graphs)
-    student = StudentConfig(name=args.student) if args.ratio is None else StudentConfig(ratio=args.ratio)
     return RunConfig(
         out_dir=str(out), preset="paper", teacher=TeacherConfig(path=str(teacher)),
-        student=student, method=args.method, device=args.device, seed=args.seed, export_onnx=export,
+        student=student_config(args), method=args.method, device=args.device, seed=args.seed, export_onnx=export,
         eval=EvalConfig(dataset=str(eval_npz) if eval_npz else None, eval_every=max(1, rounds // args.eval_points)),
         **fields,
     )
@@ -112,18 +111,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error("choose --compile or --cuda-graphs, not both: each takes over the training steps")
     try:
         args.method = method_settings(args.method)
-        if args.ratio is not None:
-            student_ratio(args.ratio)
+        student_config(args)  # a bad --ratio is refused here, before any data is read
         return _benchmark(args, started, argv)
     except CompressorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-def student_ratio(ratio: float) -> StudentConfig:
-    """--ratio as a validated student, refused as one line before any data is read or device time is spent."""
+def student_config(args) -> StudentConfig:
+    """--student, or the budgeted student at --ratio (a bad one is one line). A new one for each run: the engine
+    writes the student it resolves into its config, and a later run given the same object would skip the search."""
+    if args.ratio is None:
+        return StudentConfig(name=args.student)
     try:
-        return StudentConfig(ratio=ratio)
+        return StudentConfig(ratio=args.ratio)
     except ValidationError as exc:
         raise CompressorError(f"--ratio: {first_problem(exc)}") from None
 

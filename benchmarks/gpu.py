@@ -211,6 +211,14 @@ def rounds_for(args, method: MethodSettings) -> int:
     return args.steps
 
 
+def _mode_label(row: dict) -> str:
+    return "eager" if row["mode"] == "off" else row["mode"]
+
+
+def _busy(row: dict) -> str:
+    return "n/a" if row["gpu_busy_percent"] is None else f"{row['gpu_busy_percent']:.0f} %"
+
+
 def comparison(rows: list[dict]) -> list[str]:
     """Each row against the eager row of its pair and settings: the speed-up, and what ran where it fell back."""
     key = lambda row: (row["pair"], json.dumps(row["method"]))  # noqa: E731
@@ -218,22 +226,19 @@ def comparison(rows: list[dict]) -> list[str]:
     lines = []
     for row in rows:
         base = eager.get(key(row))
-        busy = "n/a" if row["gpu_busy_percent"] is None else f"{row['gpu_busy_percent']:.0f} %"
         note = row["compile"] or row["cuda_graphs"]
-        lines.append(f"{row['pair']} | {'eager' if row['mode'] == 'off' else row['mode']} | "
+        lines.append(f"{row['pair']} | {_mode_label(row)} | "
                      f"{json.dumps(row['method'])} | g/k {row['round'][0]}/{row['round'][1]} | {row['ms_per_round']:.1f} ms/round"
-                     + (f" ({base / row['ms_per_round']:.2f}x eager)" if base else "") + f" | GPU busy {busy}"
+                     + (f" ({base / row['ms_per_round']:.2f}x eager)" if base else "") + f" | GPU busy {_busy(row)}"
                      + (f" | {note}" if note else ""))
     return lines
 
 
-def describe(row: dict, mode: str) -> str:
-    busy = "n/a" if row["gpu_busy_percent"] is None else f"{row['gpu_busy_percent']:.0f} %"
+def describe(row: dict) -> str:
     settings = json.dumps(row["method"]) if row["method"] else "defaults"
-    mode = mode if mode not in ("off", "") else "eager"
-    return (f"{row['pair']} [{mode}, {settings}, g/k {row['round'][0]}/{row['round'][1]}]: "
+    return (f"{row['pair']} [{_mode_label(row)}, {settings}, g/k {row['round'][0]}/{row['round'][1]}]: "
             f"{row['ms_per_round']:.0f} ms/round, {row['steps_per_second']:.2f} steps/s, "
-            f"{row['images_per_second']:.0f} synthetic img/s, GPU busy {busy}, "
+            f"{row['images_per_second']:.0f} synthetic img/s, GPU busy {_busy(row)}, "
             f"start->first step {row['seconds_to_first_step']:.1f} s, last step->end {row['seconds_after_last_step']:.1f} s")
 
 
@@ -269,18 +274,19 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(sys.argv[1:] if argv is None else argv), "machine": f"{platform.machine()}, torch {torch.__version__}",
               "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for pair, mode, method in itertools.product(pairs, args.compile.split(","), methods):
-            backend = None if mode in ("off", "", "cuda-graphs") else mode
+        modes = [mode or "off" for mode in args.compile.split(",")]
+        for pair, mode, method in itertools.product(pairs, modes, methods):
+            backend = None if mode in ("off", "cuda-graphs") else mode
             try:
-                row = run_pair(pair, rounds_for(args, method), device, args.tiny, Path(tmp), backend,
-                               cuda_graphs=mode == "cuda-graphs", method=method, warm_up=args.warm_up,
-                               export=args.export)
+                row = {"mode": mode, **run_pair(pair, rounds_for(args, method), device, args.tiny, Path(tmp), backend,
+                                                cuda_graphs=mode == "cuda-graphs", method=method, warm_up=args.warm_up,
+                                                export=args.export)}
             except CompressorError as exc:  # the rows before it are kept in the file
                 print(f"error: {pair.label}: {exc}", file=sys.stderr)
                 return 2
-            result["rows"].append({"mode": mode or "off", **row})
+            result["rows"].append(row)
             out.write_text(json.dumps(result, indent=2))
-            print(describe(row, mode), flush=True)
+            print(describe(row), flush=True)
     print("compared with eager at the same settings:", *comparison(result["rows"]), sep="\n")
     print(f"written {out}")
     return 0
